@@ -1,0 +1,147 @@
+"""The `mdns` command line: resolve bookmarks, run hierarchies, serve single components."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from client.errors import ClientError
+from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
+from client.uri import parse_uri
+from urs.errors import UrsError
+from urs.locate import WELL_KNOWN_URS_PORT, parse_dns_server
+from vdns.errors import VdnsError
+
+EPILOG = """\
+examples:
+  mdns up configs/demo
+  mdns resolve mcast.ufl.edu/gators --dns 127.0.0.1:15300
+  mdns resolve mcast.ufl.edu/gators --dns 127.0.0.1:15300 --sdp gators.sdp
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdns",
+        description="mDNS: a directory of IP-multicast sessions that lives beside the DNS.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info, -vv debug)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    resolve_cmd = commands.add_parser(
+        "resolve",
+        help="resolve a bookmark mcast.<domain>/<id> to its session",
+        description=(
+            "Resolve mcast.<domain>/<id>: DNS gives the address of mcast.<domain> and the URS "
+            f"port (SRV _mdns-urs._tcp.<domain>, else {WELL_KNOWN_URS_PORT}); the URS gives the "
+            "session. Prints a table, JSON (--json), or writes an SDP file a player opens (--sdp)."
+        ),
+    )
+    resolve_cmd.add_argument("uri", help="the bookmark, e.g. mcast.ufl.edu/gators")
+    resolve_cmd.add_argument("--dns", metavar="HOST:PORT",
+                             help="ask this DNS server instead of the system resolver")
+    output = resolve_cmd.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the record as JSON")
+    output.add_argument("--sdp", metavar="FILE",
+                        help="write the session's SDP description to FILE ('-' for stdout)")
+    resolve_cmd.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                             metavar="SECONDS",
+                             help=f"give up after this long (default {DEFAULT_TIMEOUT_S:g})")
+
+    up_cmd = commands.add_parser(
+        "up",
+        help="run every domain of a directory of .mds files on loopback",
+        description=(
+            "Start each domain of DIR's .mds files: its DNS server on 127.0.0.1:SelfPort and its "
+            "URS on URSIP:URSPort. Waits until all answer, registers DIR/sessions.json if "
+            "present, prints what to try next, and runs until Ctrl-C or SIGTERM. Records are "
+            "kept in the data directory and survive restarts."
+        ),
+    )
+    up_cmd.add_argument("directory", type=Path, metavar="DIR",
+                        help="a directory of .mds files, e.g. configs/scenario1")
+    up_cmd.add_argument("--data-dir", type=Path, metavar="PATH",
+                        help="where the URS databases live (default: "
+                             "$MDNS_STATE_DIR or ~/.local/state/mdns/<DIR name>-<hash>)")
+    up_cmd.add_argument("--multicast-mode", choices=("asm", "ssm", "none"), default="asm",
+                        help="what the URS tells the MSDs about multicast (default asm)")
+    up_cmd.add_argument("--ephemeral-ports", action="store_true",
+                        help="ignore the files' ports and let the kernel choose free ones")
+    up_cmd.add_argument("--no-samples", action="store_true",
+                        help="do not register DIR/sessions.json")
+    up_cmd.add_argument("--ready-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="how long to wait for every server to answer (default 15)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "resolve":
+            return asyncio.run(_resolve(args, out=sys.stdout))
+        if args.command == "up":
+            return _up(args)
+    except (ClientError, UrsError, VdnsError) as exc:
+        print(f"mdns: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+async def _resolve(args: argparse.Namespace, *, out: TextIO) -> int:
+    uri = parse_uri(args.uri)
+    dns_server = parse_dns_server(args.dns) if args.dns else None
+    if args.sdp:
+        sdp = await resolve_sdp(uri, dns_server=dns_server, timeout=args.timeout)
+        if args.sdp == "-":
+            out.write(sdp)
+        else:
+            _write_file(Path(args.sdp), sdp)
+            print(f"wrote {args.sdp} ({uri})", file=sys.stderr)
+        return 0
+    resolved = await resolve(uri, dns_server=dns_server, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(resolved.raw, indent=2), file=out)
+    else:
+        print(format_table(resolved), file=out)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from client.up import run_up  # the server side pulls in more than `resolve` needs
+
+    asyncio.run(run_up(
+        args.directory,
+        data_dir=args.data_dir,
+        multicast_mode=args.multicast_mode,
+        ephemeral_ports=args.ephemeral_ports,
+        register_samples=not args.no_samples,
+        ready_timeout=args.ready_timeout,
+        out=sys.stdout,
+    ))
+    return 0
+
+
+def _write_file(path: Path, text: str) -> None:
+    try:
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        raise ClientError(f"cannot write {path}: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

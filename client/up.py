@@ -1,0 +1,161 @@
+"""`mdns up DIR`: run a hierarchy of `.mds` domains on loopback until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from client.errors import ClientError
+from client.register import register_with_urs
+from vdns.harness import Hierarchy
+from vdns.mds import load_hierarchy
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "sessions.json"
+MAX_SAMPLES = 1000
+
+
+def default_data_dir(config_dir: Path) -> Path:
+    """Per-hierarchy state under $MDNS_STATE_DIR, else $XDG_STATE_HOME/mdns, else ~/.local/state/mdns.
+
+    The folder is named after the config directory plus a short hash of its absolute
+    path, so `configs/scenario1` keeps its records across runs and never shares them
+    with another checkout's `scenario1`.
+    """
+    base = os.environ.get("MDNS_STATE_DIR")
+    if base is None:
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = str(Path(xdg) / "mdns")
+    absolute = config_dir.resolve()
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:8]
+    return Path(base) / f"{absolute.name}-{digest}"
+
+
+async def run_up(
+    config_dir: Path,
+    *,
+    data_dir: Path | None,
+    multicast_mode: str,
+    ephemeral_ports: bool,
+    register_samples: bool,
+    ready_timeout: float,
+    out: TextIO,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Start every domain, wait until all answer, register the samples, then run until stopped."""
+    configs = load_hierarchy(config_dir)
+    data_dir = data_dir or default_data_dir(config_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
+                          ephemeral_ports=ephemeral_ports)
+    stop = stop or _stop_on_signals()
+    try:
+        await hierarchy.start()
+        await hierarchy.wait_ready(timeout=ready_timeout)
+        samples = config_dir / SAMPLES_FILE
+        registered: list[str] = []
+        if register_samples and samples.exists():
+            registered = await _register_samples(hierarchy, samples, data_dir=data_dir, out=out)
+        _print_summary(hierarchy, registered, data_dir=data_dir, out=out)
+        await stop.wait()
+        print("\nmdns up: stopping ...", file=out, flush=True)
+    finally:
+        await hierarchy.close()
+    print("mdns up: stopped cleanly", file=out, flush=True)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets; the handlers do nothing else."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _register_samples(
+    hierarchy: Hierarchy, path: Path, *, data_dir: Path, out: TextIO
+) -> list[str]:
+    try:
+        samples = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"{path}: not a readable JSON list of samples ({exc})") from None
+    if not isinstance(samples, list) or len(samples) > MAX_SAMPLES:
+        raise ClientError(f"{path}: expected a JSON list of at most {MAX_SAMPLES} samples")
+    tokens_path = data_dir / "tokens.json"
+    tokens: dict[str, str] = {}
+    if tokens_path.exists():
+        with contextlib.suppress(OSError, ValueError):
+            tokens = dict(json.loads(tokens_path.read_text()))
+    uris: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for number, sample in enumerate(samples, start=1):
+            domain, session = _sample(sample, where=f"{path} sample {number}")
+            running = hierarchy.domains.get(domain)
+            if running is None:
+                raise ClientError(f"{path} sample {number}: no domain {domain!r} in this hierarchy")
+            result = await register_with_urs(http, base_url=running.urs_url, domain=domain,
+                                             session=session)
+            if result.token is not None:
+                tokens[result.uri] = result.token
+            state = "registered" if result.created else "already registered"
+            print(f"  {state:>18}  {result.uri}", file=out)
+            uris.append(result.uri)
+    _write_private(tokens_path, json.dumps(tokens, indent=2) + "\n")
+    return uris
+
+
+def _sample(sample: Any, *, where: str) -> tuple[str, dict[str, Any]]:
+    if not (isinstance(sample, dict) and isinstance(sample.get("domain"), str)
+            and isinstance(sample.get("session"), dict)):
+        raise ClientError(f'{where}: expected {{"domain": "...", "session": {{...}}}}')
+    return sample["domain"], sample["session"]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Owner tokens are secrets: write them mode 0600, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
+def _print_summary(
+    hierarchy: Hierarchy, registered: list[str], *, data_dir: Path, out: TextIO
+) -> None:
+    domains = sorted(hierarchy.domains.values(), key=lambda d: (d.config.domain.count("."),
+                                                                d.config.domain))
+    width = max(len(d.config.domain) for d in domains)
+    root = hierarchy.root
+    dns = f"127.0.0.1:{root.config.self_port}"
+    print(f"\nmdns up: {len(domains)} domains answering (data in {data_dir})\n", file=out)
+    print(f"  {'domain'.ljust(width)}  {'DNS':<16}  URS", file=out)
+    for d in domains:
+        print(f"  {d.config.domain.ljust(width)}  127.0.0.1:{d.config.self_port:<6}  {d.urs_url}",
+              file=out)
+    deepest = max(domains, key=lambda d: d.config.domain.count("."))
+    example = registered[0] if registered else None
+    print("\nTry, in another terminal:", file=out)
+    print(f"  dig @127.0.0.1 -p {root.config.self_port} {deepest.config.mcast_name}", file=out)
+    if example:
+        print(f"  mdns resolve {example} --dns {dns}", file=out)
+        print(f"  mdns resolve {example} --dns {dns} --sdp session.sdp", file=out)
+    else:
+        print(f"  curl -X POST {deepest.urs_url}/sessions -H 'Content-Type: application/json' "
+              "-d '{\"id\": \"demo\", \"title\": \"Demo\", \"keywords\": [\"demo\"], "
+              "\"group\": \"239.255.0.1\", \"port\": 5004}'", file=out)
+        print(f"  mdns resolve {deepest.config.mcast_name}/demo --dns {dns}", file=out)
+    print(f"  curl {deepest.urs_url}/bootstrap", file=out)
+    print(f"  owner tokens for PUT: {data_dir / 'tokens.json'}" if registered else "", file=out)
+    print("Stop with Ctrl-C.", file=out, flush=True)

@@ -1,0 +1,1 @@
+"""msd: the multicast session directory daemons, and the schema every part of mDNS shares."""

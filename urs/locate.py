@@ -1,0 +1,139 @@
+"""Find a domain's URS through DNS: the `mcast.<domain>` address and the SRV record's port.
+
+A real deployment serves every URS on the well-known HTTP port, so a bookmark
+`mcast.ufl.edu/gators` is also a URL a browser opens. Simulated hierarchies run many
+URS on one host, so `_mdns-urs._tcp.<domain>` names the port; without it, port 80.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import time
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from urs.errors import UrsError
+
+WELL_KNOWN_URS_PORT = 80
+SRV_PREFIX = "_mdns-urs._tcp"
+
+
+class LocateError(UrsError):
+    """The URS of a domain could not be found through DNS; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UrsLocation:
+    """Where a domain's URS listens."""
+
+    domain: str
+    host: str
+    port: int
+    port_from_srv: bool
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """Parse `HOST:PORT` (or `[V6]:PORT`, or a bare HOST meaning port 53)."""
+    host, port_text = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise LocateError(f"--dns {text!r}: expected [IPV6]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise LocateError(f"--dns {text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise LocateError(f"--dns {text!r}: port must be 1-65535")
+    return host, int(port_text)
+
+
+def _resolver(dns_server: tuple[str, int] | None) -> dns.asyncresolver.Resolver:
+    if dns_server is None:
+        try:
+            return dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise LocateError(
+                "this host has no DNS resolver configured; give one with --dns HOST:PORT"
+            ) from exc
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    host, port = dns_server
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)]
+    return resolver
+
+
+async def locate_urs(
+    domain: str, *, dns_server: tuple[str, int] | None = None, timeout: float = 3.0
+) -> UrsLocation:
+    """Resolve `mcast.<domain>` (A, else AAAA) and the URS port (SRV, else port 80)."""
+    domain = domain.rstrip(".").lower()
+    resolver = _resolver(dns_server)
+    # One deadline for the whole lookup, on the monotonic clock.
+    deadline = time.monotonic() + timeout
+    where = f"DNS server {dns_server[0]}:{dns_server[1]}" if dns_server else "the system resolver"
+    name = f"mcast.{domain}"
+
+    host: str | None = None
+    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        answer = await _query(resolver, name, rdtype, deadline=deadline, where=where)
+        if answer is not None:
+            host = answer[0].address
+            break
+    if host is None:
+        raise LocateError(f"{name} has no address record ({where})")
+
+    port, from_srv = WELL_KNOWN_URS_PORT, False
+    srv = await _query(resolver, f"{SRV_PREFIX}.{domain}", dns.rdatatype.SRV,
+                       deadline=deadline, where=where)
+    if srv is not None:
+        best = min(srv, key=lambda record: (record.priority, -record.weight))
+        port, from_srv = int(best.port), True
+    return UrsLocation(domain=domain, host=host, port=port, port_from_srv=from_srv)
+
+
+async def _query(
+    resolver: dns.asyncresolver.Resolver,
+    name: str,
+    rdtype: dns.rdatatype.RdataType,
+    *,
+    deadline: float,
+    where: str,
+) -> dns.resolver.Answer | None:
+    """One lookup within what is left of the deadline; None when the name has no such record."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise LocateError(f"looking up {name} took too long ({where})")
+    try:
+        return await resolver.resolve(name, rdtype, lifetime=remaining, search=False)
+    except dns.resolver.NXDOMAIN:
+        raise LocateError(f"no such domain: {name} does not exist ({where})") from None
+    except dns.resolver.NoAnswer:
+        return None
+    except dns.resolver.LifetimeTimeout:
+        raise LocateError(f"{where} did not answer for {name} in time") from None
+    except dns.resolver.NoNameservers as exc:
+        raise LocateError(f"{where} failed to resolve {name} ({_first_error(exc)})") from None
+    except dns.exception.DNSException as exc:
+        raise LocateError(f"looking up {name} via {where} failed: {exc}") from None
+
+
+def _first_error(exc: dns.resolver.NoNameservers) -> str:
+    errors = exc.kwargs.get("errors") or []
+    if errors:
+        return str(errors[0][3]) if len(errors[0]) > 3 else str(errors[0])
+    return "SERVFAIL or REFUSED"
