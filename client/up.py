@@ -8,7 +8,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -146,16 +148,32 @@ def _print_summary(
               file=out)
     deepest = max(domains, key=lambda d: d.config.domain.count("."))
     example = registered[0] if registered else None
+    mdns = _program_name()
     print("\nTry, in another terminal:", file=out)
     print(f"  dig @127.0.0.1 -p {root.config.self_port} {deepest.config.mcast_name}", file=out)
     if example:
-        print(f"  mdns resolve {example} --dns {dns}", file=out)
-        print(f"  mdns resolve {example} --dns {dns} --sdp session.sdp", file=out)
+        print(f"  {mdns} resolve {example} --dns {dns}", file=out)
+        print(f"  {mdns} resolve {example} --dns {dns} --sdp session.sdp", file=out)
     else:
         print(f"  curl -X POST {deepest.urs_url}/sessions -H 'Content-Type: application/json' "
               "-d '{\"id\": \"demo\", \"title\": \"Demo\", \"keywords\": [\"demo\"], "
               "\"group\": \"239.255.0.1\", \"port\": 5004}'", file=out)
-        print(f"  mdns resolve {deepest.config.mcast_name}/demo --dns {dns}", file=out)
+        print(f"  {mdns} resolve {deepest.config.mcast_name}/demo --dns {dns}", file=out)
     print(f"  curl {deepest.urs_url}/bootstrap", file=out)
-    print(f"  owner tokens for PUT: {data_dir / 'tokens.json'}" if registered else "", file=out)
+    if registered:
+        print(f"Owner tokens (for PUT): {data_dir / 'tokens.json'}", file=out)
     print("Stop with Ctrl-C.", file=out, flush=True)
+
+
+def _program_name() -> str:
+    """How the user can call `mdns` again: bare when it is on PATH, else the path they used."""
+    invoked = Path(sys.argv[0])
+    if invoked.name != "mdns":
+        return "mdns"
+    found = shutil.which("mdns")
+    if found and Path(found).resolve() == invoked.resolve():
+        return "mdns"
+    try:
+        return str(invoked.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(invoked)

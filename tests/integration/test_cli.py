@@ -1,0 +1,129 @@
+"""The `mdns` command as a user runs it: `mdns up` in one process, `mdns resolve` in another."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import socket
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MDNS = [sys.executable, "-m", "client.cli"]
+
+
+def _mdns(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MDNS, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, check=False)
+
+
+@dataclasses.dataclass
+class Demo:
+    process: subprocess.Popen[str]
+    summary: str
+    dns_port: int
+    data_dir: Path
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    """`mdns up configs/demo` on ephemeral ports, read until it says it is ready."""
+    process = subprocess.Popen(
+        [*MDNS, "up", "configs/demo", "--ephemeral-ports", "--data-dir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Stop with Ctrl-C"):
+            break
+    text = "".join(lines)
+    try:
+        assert "Stop with Ctrl-C" in text, text + (process.stderr.read() if process.stderr else "")
+        match = re.search(r"^\s+edu\s+127\.0\.0\.1:(\d+)", text, re.M)
+        assert match, text
+        yield Demo(process, text, int(match.group(1)), tmp_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=15)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_up_registers_the_samples_and_resolve_finds_them(demo: Demo) -> None:
+    text, dns_port, data_dir = demo.summary, demo.dns_port, demo.data_dir
+    assert "registered  mcast.ufl.edu/gators" in text
+    assert "mcast.cise.ufl.edu/jazz-night" in text
+    tokens = json.loads((data_dir / "tokens.json").read_text())
+    assert set(tokens) >= {"mcast.ufl.edu/gators", "mcast.cise.ufl.edu/jazz-night"}
+    assert oct((data_dir / "tokens.json").stat().st_mode & 0o777) == "0o600"
+
+    table = _mdns("resolve", "mcast.ufl.edu/gators", "--dns", f"127.0.0.1:{dns_port}")
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^group\s+239\.255\.0\.150$", table.stdout, re.M)
+
+    as_json = _mdns("resolve", "mcast.cise.ufl.edu/jazz-night", "--dns",
+                    f"127.0.0.1:{dns_port}", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    record = json.loads(as_json.stdout)
+    assert (record["source"], record["network"]) == ("10.1.2.3", "ssm")
+
+    sdp_file = data_dir / "jazz.sdp"
+    sdp = _mdns("resolve", "mcast.cise.ufl.edu/jazz-night", "--dns", f"127.0.0.1:{dns_port}",
+                "--sdp", str(sdp_file))
+    assert sdp.returncode == 0, sdp.stderr
+    assert "a=source-filter: incl IN IP4 232.1.1.1 10.1.2.3" in sdp_file.read_text()
+
+
+def test_up_stops_cleanly_on_sigterm(demo: Demo) -> None:
+    process = demo.process
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    assert "stopped cleanly" in out
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["resolve", "not-a-uri"], "is not an mcast URI"),
+        (["resolve", "mcast.ufl.edu/gators", "--dns", "nonsense"], "is not an IP address"),
+        (["up", "no/such/dir"], "not a directory of .mds files"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_1(args: list[str], message: str) -> None:
+    result = _mdns(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_unknown_id_is_one_line_and_exit_1(demo: Demo) -> None:
+    result = _mdns("resolve", "mcast.ufl.edu/nobody", "--dns", f"127.0.0.1:{demo.dns_port}")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "mdns: no session 'nobody' at mcast.ufl.edu (unknown or expired)"
+
+
+def test_a_dns_server_that_never_answers_times_out_cleanly() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # receives the query, never answers
+        port = silent.getsockname()[1]
+        result = _mdns("resolve", "mcast.ufl.edu/gators", "--dns", f"127.0.0.1:{port}",
+                       "--timeout", "1")
+    assert result.returncode == 1
+    assert "did not answer" in result.stderr

@@ -1,0 +1,213 @@
+"""Run a whole hierarchy of `.mds` domains on one host: each domain's DNS server and URS.
+
+Every socket is bound before anything serves, so a clash is reported up front and
+nothing is left half started; with `ephemeral_ports` every port is taken from the
+kernel (port 0) and the configs are rewritten to match, which is how tests run the
+dissertation's hierarchies without fixed ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rdatatype
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from urs.app import create_app
+from urs.settings import UrsSettings
+from vdns.errors import VdnsError
+from vdns.mds import DomainConfig
+from vdns.server import DnsServer
+from vdns.sockets import bind_dns_sockets, remap_ports
+
+log = logging.getLogger(__name__)
+
+MULTICAST_MODES = ("asm", "ssm", "none")
+
+
+@dataclasses.dataclass
+class RunningDomain:
+    """One domain's servers while the hierarchy runs."""
+
+    config: DomainConfig
+    dns: DnsServer
+    urs: web.AppRunner
+
+    @property
+    def dns_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.config.self_port)
+
+    @property
+    def urs_url(self) -> str:
+        return f"http://{self.config.urs_ip}:{self.config.urs_port}"
+
+
+class Hierarchy:
+    """Start, check and stop every domain of a hierarchy in this process."""
+
+    def __init__(
+        self,
+        configs: Sequence[DomainConfig],
+        *,
+        data_dir: Path,
+        multicast_mode: str = "asm",
+        ephemeral_ports: bool = False,
+    ) -> None:
+        if multicast_mode not in MULTICAST_MODES:
+            raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
+        self._configs = list(configs)
+        self.data_dir = data_dir
+        self.multicast_mode = multicast_mode
+        self.ephemeral_ports = ephemeral_ports
+        self.domains: dict[str, RunningDomain] = {}
+
+    def __repr__(self) -> str:
+        return f"<Hierarchy domains={len(self._configs)} running={len(self.domains)}>"
+
+    @property
+    def root(self) -> RunningDomain:
+        return next(d for d in self.domains.values() if d.config.is_root)
+
+    async def start(self) -> None:
+        """Bind every socket, then serve; on any failure nothing is left running."""
+        sockets: list[socket.socket] = []
+        try:
+            bound = self._bind_all(sockets)
+            configs = self._configs
+            if self.ephemeral_ports:
+                configs = remap_ports(configs, bound.port_map)
+            for config in configs:
+                udp, tcp = bound.dns[config.domain]
+                urs_sock = bound.urs[config.domain]
+                dns_server = DnsServer(config)
+                await dns_server.start(udp_sock=udp, tcp_sock=tcp)
+                runner = await self._start_urs(config, urs_sock)
+                self.domains[config.domain] = RunningDomain(config, dns_server, runner)
+                log.info("domain %s: DNS 127.0.0.1:%d, URS %s:%d", config.domain,
+                         config.self_port, config.urs_ip, config.urs_port)
+        except BaseException:
+            await self.close()
+            for sock in sockets:
+                sock.close()
+            raise
+
+    def _bind_all(self, sockets: list[socket.socket]) -> _Bound:
+        bound = _Bound()
+        for config in self._configs:
+            dns_port = 0 if self.ephemeral_ports else config.self_port
+            urs_port = 0 if self.ephemeral_ports else config.urs_port
+            udp, tcp = bind_dns_sockets("127.0.0.1", dns_port, owner=f"DNS of {config.domain}")
+            sockets += [udp, tcp]
+            bound.dns[config.domain] = (udp, tcp)
+            bound.port_map[config.self_port] = udp.getsockname()[1]
+            urs_sock = _bind_tcp(config.urs_ip, urs_port, what=f"URS of {config.domain}")
+            sockets.append(urs_sock)
+            bound.urs[config.domain] = urs_sock
+            bound.port_map[config.urs_port] = urs_sock.getsockname()[1]
+        return bound
+
+    async def _start_urs(self, config: DomainConfig, sock: socket.socket) -> web.AppRunner:
+        domain_dir = self.data_dir / config.domain
+        domain_dir.mkdir(parents=True, exist_ok=True)
+        settings = UrsSettings.from_mds(
+            config,
+            data_dir=domain_dir,
+            multicast_mode=self.multicast_mode,
+            msd_key=_msd_key(domain_dir),
+        )
+        runner = web.AppRunner(create_app(settings), access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        return runner
+
+    async def wait_ready(self, *, timeout: float = 10.0) -> None:
+        """Return once every DNS server and URS answers; raise VdnsError naming the laggards."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = dict(self.domains)
+        async with ClientSession(timeout=ClientTimeout(total=2)) as http:
+            while pending:
+                for name, domain in list(pending.items()):
+                    if await _dns_answers(domain) and await _urs_answers(http, domain):
+                        del pending[name]
+                if not pending:
+                    return
+                if loop.time() > deadline:
+                    raise VdnsError(f"not answering after {timeout:.0f} s: {', '.join(pending)}")
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        """Stop every server; safe to call twice, and after a failed start."""
+        domains, self.domains = list(self.domains.values()), {}
+        for domain in domains:
+            with contextlib.suppress(Exception):
+                await domain.urs.cleanup()
+            with contextlib.suppress(Exception):
+                await domain.dns.close()
+
+
+@dataclasses.dataclass
+class _Bound:
+    dns: dict[str, tuple[socket.socket, socket.socket]] = dataclasses.field(default_factory=dict)
+    urs: dict[str, socket.socket] = dataclasses.field(default_factory=dict)
+    port_map: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+def _bind_tcp(host: str, port: int, *, what: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise VdnsError(
+                f"{host}:{port} ({what}) is already in use: is another `mdns up` running?"
+            ) from None
+        raise VdnsError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _msd_key(domain_dir: Path) -> str:
+    """The domain's secret for MSD → URS calls, made once and kept (mode 0600)."""
+    path = domain_dir / "msd.key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+async def _dns_answers(domain: RunningDomain) -> bool:
+    query = dns.message.make_query(domain.config.domain, dns.rdatatype.SOA)
+    try:
+        host, port = domain.dns_address
+        reply = await dns.asyncquery.udp(query, host, port=port, timeout=1.0)
+    except (dns.exception.DNSException, OSError):
+        return False
+    return bool(reply.answer)
+
+
+async def _urs_answers(http: ClientSession, domain: RunningDomain) -> bool:
+    try:
+        async with http.get(f"{domain.urs_url}/health") as response:
+            return response.status == 200
+    except (ClientError, TimeoutError):
+        return False
