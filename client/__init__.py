@@ -1,1 +1,1 @@
-"""client: the `mdns` command: resolve bookmarks, run hierarchies, and (later) register and search."""
+"""client: the `mdns` command: resolve bookmarks, run hierarchies, register and search."""

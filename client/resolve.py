@@ -42,7 +42,9 @@ async def resolve(
         raw = json.loads(body)
         record = SessionRecord.model_validate(raw)
     except (ValueError, ValidationError) as exc:
-        raise ClientError(f"the URS at {location.base_url} sent a malformed record: {exc}") from None
+        raise ClientError(
+            f"the URS at {location.base_url} sent a malformed record: {exc}"
+        ) from None
     return Resolved(uri=uri, urs=location, record=record, raw=raw)
 
 
@@ -92,9 +94,13 @@ async def fetch(uri: McastUri, *, location: UrsLocation, accept: str, deadline: 
             f"the URS of {uri.domain} at {location.base_url} is not reachable ({exc.os_error})"
         ) from None
     except TimeoutError:
-        raise ClientError(f"the URS of {uri.domain} at {location.base_url} did not answer in time")
+        raise ClientError(
+            f"the URS of {uri.domain} at {location.base_url} did not answer in time"
+        ) from None
     except aiohttp.ClientError as exc:
-        raise ClientError(f"talking to the URS of {uri.domain} at {location.base_url}: {exc}")
+        raise ClientError(
+            f"talking to the URS of {uri.domain} at {location.base_url}: {exc}"
+        ) from None
 
 
 def _host_header(uri: McastUri, location: UrsLocation) -> str:

@@ -28,7 +28,7 @@ MAX_SAMPLES = 1000
 
 
 def default_data_dir(config_dir: Path) -> Path:
-    """Per-hierarchy state under $MDNS_STATE_DIR, else $XDG_STATE_HOME/mdns, else ~/.local/state/mdns.
+    """State under $MDNS_STATE_DIR, else $XDG_STATE_HOME/mdns, else ~/.local/state/mdns.
 
     The folder is named after the config directory plus a short hash of its absolute
     path, so `configs/scenario1` keeps its records across runs and never shares them
@@ -56,6 +56,9 @@ async def run_up(
 ) -> None:
     """Start every domain, wait until all answer, register the samples, then run until stopped."""
     configs = load_hierarchy(config_dir)
+    samples_path = config_dir / SAMPLES_FILE
+    # Read (and reject) the samples before anything starts listening.
+    samples = _load_samples(samples_path) if register_samples and samples_path.exists() else []
     data_dir = data_dir or default_data_dir(config_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
@@ -64,10 +67,7 @@ async def run_up(
     try:
         await hierarchy.start()
         await hierarchy.wait_ready(timeout=ready_timeout)
-        samples = config_dir / SAMPLES_FILE
-        registered: list[str] = []
-        if register_samples and samples.exists():
-            registered = await _register_samples(hierarchy, samples, data_dir=data_dir, out=out)
+        registered = await _register_samples(hierarchy, samples, data_dir=data_dir, out=out)
         _print_summary(hierarchy, registered, data_dir=data_dir, out=out)
         await stop.wait()
         print("\nmdns up: stopping ...", file=out, flush=True)
@@ -85,27 +85,42 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _register_samples(
-    hierarchy: Hierarchy, path: Path, *, data_dir: Path, out: TextIO
-) -> list[str]:
+def _load_samples(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """DIR/sessions.json: a list of {"domain": ..., "session": {...}}."""
     try:
         samples = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ClientError(f"{path}: not a readable JSON list of samples ({exc})") from None
     if not isinstance(samples, list) or len(samples) > MAX_SAMPLES:
         raise ClientError(f"{path}: expected a JSON list of at most {MAX_SAMPLES} samples")
+    return [_sample(sample, where=f"{path} sample {n}") for n, sample in enumerate(samples, 1)]
+
+
+def _load_tokens(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return dict(json.loads(path.read_text()))
+    return {}
+
+
+async def _register_samples(
+    hierarchy: Hierarchy,
+    samples: list[tuple[str, dict[str, Any]]],
+    *,
+    data_dir: Path,
+    out: TextIO,
+) -> list[str]:
+    if not samples:
+        return []
     tokens_path = data_dir / "tokens.json"
-    tokens: dict[str, str] = {}
-    if tokens_path.exists():
-        with contextlib.suppress(OSError, ValueError):
-            tokens = dict(json.loads(tokens_path.read_text()))
+    tokens = _load_tokens(tokens_path)
     uris: list[str] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-        for number, sample in enumerate(samples, start=1):
-            domain, session = _sample(sample, where=f"{path} sample {number}")
+        for domain, session in samples:
             running = hierarchy.domains.get(domain)
             if running is None:
-                raise ClientError(f"{path} sample {number}: no domain {domain!r} in this hierarchy")
+                raise ClientError(f"{SAMPLES_FILE}: no domain {domain!r} in this hierarchy")
             result = await register_with_urs(http, base_url=running.urs_url, domain=domain,
                                              session=session)
             if result.token is not None:

@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 # Limits (all explicit, all documented in docs/schema.md).
 ID_MAX = 63
@@ -45,6 +46,11 @@ _MIME = re.compile(
 # Characters the query language gives a meaning to, and whitespace, cannot be in a keyword.
 _KEYWORD_FORBIDDEN = re.compile(r'[\s"():]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A description may span lines; other control characters (NUL above all, which PostgreSQL
+# text cannot hold) are refused.
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The error type of a rule that spans several fields; its context names the field to fix.
+TOGETHER = "together"
 
 
 class Scope(StrEnum):
@@ -66,6 +72,12 @@ class StreamType(StrEnum):
 
     RTP = "rtp"
     UDP = "udp"
+
+
+def _together(field: str, message: str) -> PydanticCustomError:
+    # A model-level rule would otherwise be reported against the whole body; naming the
+    # field lets a form put the message beside the right input.
+    return PydanticCustomError(TOGETHER, message, {"field": field})
 
 
 def _single_line(value: str, *, what: str) -> str:
@@ -90,8 +102,8 @@ class Session(BaseModel):
     fallback_port: Annotated[int | None, Field(ge=1, le=65535)] = None
     scope: Scope = Scope.GLOBAL
     place: Annotated[str | None, Field(max_length=PLACE_MAX)] = None
-    lat: Annotated[float | None, Field(ge=-90, le=90)] = None
-    lon: Annotated[float | None, Field(ge=-180, le=180)] = None
+    lat: Annotated[float | None, Field(ge=-90, le=90, allow_inf_nan=False)] = None
+    lon: Annotated[float | None, Field(ge=-180, le=180, allow_inf_nan=False)] = None
     network: Network = Network.ASM
     stream_type: StreamType = StreamType.RTP
     application: Annotated[str | None, Field(max_length=APPLICATION_MAX)] = None
@@ -99,10 +111,18 @@ class Session(BaseModel):
     mime: Annotated[str, Field(max_length=MIME_MAX)] = "video/MP2T"
     ttl: Annotated[int, Field(ge=TTL_MIN, le=TTL_MAX)] = TTL_DEFAULT
 
+    @field_validator("port", "fallback_port", "ttl", "lat", "lon", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: object) -> object:
+        # pydantic's lax mode reads JSON true as 1: a port of 1 from a typo is worse than an error.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _ID.match(value):
+        if not _ID.fullmatch(value):
             raise ValueError(
                 f"id must be 1-{ID_MAX} characters of a-z, 0-9, '-', '_' and '.' (lower case)"
             )
@@ -116,6 +136,15 @@ class Session(BaseModel):
     @classmethod
     def _check_single_line(cls, value: str | None) -> str | None:
         return None if value is None else _single_line(value, what="this field")
+
+    @field_validator("description")
+    @classmethod
+    def _check_description(cls, value: str) -> str:
+        if _CONTROL_BUT_LINES.search(value):
+            raise ValueError(
+                "description must not contain control characters other than newlines and tabs"
+            )
+        return value
 
     @field_validator("keywords")
     @classmethod
@@ -156,7 +185,7 @@ class Session(BaseModel):
     @field_validator("mime")
     @classmethod
     def _check_mime(cls, value: str) -> str:
-        if not _MIME.match(value):
+        if not _MIME.fullmatch(value):
             raise ValueError(f"mime must be type/subtype, e.g. video/MP2T; got {value!r}")
         return value
 
@@ -164,13 +193,17 @@ class Session(BaseModel):
     def _check_together(self) -> Self:
         group = ipaddress.ip_address(self.group)
         if self.network is Network.SSM and self.source is None:
-            raise ValueError("source is required when network is ssm")
+            raise _together("source", "source is required when network is ssm")
         if self.source is not None and ipaddress.ip_address(self.source).version != group.version:
-            raise ValueError("source and group must both be IPv4 or both be IPv6")
+            raise _together("source", "source and group must both be IPv4 or both be IPv6")
         if (self.fallback_ip is None) != (self.fallback_port is None):
-            raise ValueError("fallback_ip and fallback_port go together: give both or neither")
+            missing = "fallback_ip" if self.fallback_ip is None else "fallback_port"
+            raise _together(
+                missing, "fallback_ip and fallback_port go together: give both or neither"
+            )
         if (self.lat is None) != (self.lon is None):
-            raise ValueError("lat and lon go together: give both or neither")
+            missing = "lat" if self.lat is None else "lon"
+            raise _together(missing, "lat and lon go together: give both or neither")
         return self
 
 
@@ -195,6 +228,8 @@ def field_errors(error: ValidationError) -> list[FieldError]:
     out: list[FieldError] = []
     for item in error.errors(include_url=False):
         location = ".".join(str(part) for part in item["loc"]) or "body"
+        if item["type"] == TOGETHER:
+            location = str((item.get("ctx") or {}).get("field", location))
         message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (see the schema for the allowed fields)"

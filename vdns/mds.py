@@ -107,7 +107,9 @@ def parse_mds(text: str, *, source: str = "<mds>") -> DomainConfig:
             raise MdsFormatError(f"{where}: a setting after the '@' delegation lines")
         key, sep, raw = line.partition(":")
         if not sep:
-            raise MdsFormatError(f"{where}: expected 'Key:Value' or '@ LABEL IP:PORT', got {line!r}")
+            raise MdsFormatError(
+                f"{where}: expected 'Key:Value' or '@ LABEL IP:PORT', got {line!r}"
+            )
         if key not in _KEYS:
             known = ", ".join(_KEYS)
             raise MdsFormatError(f"{where}: unknown key {key!r} (known: {known})")
@@ -237,5 +239,7 @@ def _parse_value(raw: str, *, kind: str, where: str) -> str | int:
     name = raw.rstrip(".").lower()
     labels = name.split(".")
     if raw != name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise MdsFormatError(f"{where}: {raw!r} is not a lower-case domain name without a final dot")
+        raise MdsFormatError(
+            f"{where}: {raw!r} is not a lower-case domain name without a final dot"
+        )
     return name

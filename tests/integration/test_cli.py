@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -116,7 +116,8 @@ def test_bad_input_is_one_clear_line_and_exit_1(args: list[str], message: str) -
 def test_unknown_id_is_one_line_and_exit_1(demo: Demo) -> None:
     result = _mdns("resolve", "mcast.ufl.edu/nobody", "--dns", f"127.0.0.1:{demo.dns_port}")
     assert result.returncode == 1
-    assert result.stderr.strip() == "mdns: no session 'nobody' at mcast.ufl.edu (unknown or expired)"
+    expected = "mdns: no session 'nobody' at mcast.ufl.edu (unknown or expired)"
+    assert result.stderr.strip() == expected
 
 
 def test_a_dns_server_that_never_answers_times_out_cleanly() -> None:

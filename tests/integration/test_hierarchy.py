@@ -55,10 +55,11 @@ async def test_register_resolve_move_and_survive_restart(tmp_path: Path) -> None
     hierarchy = await _start(tmp_path)
     try:
         leaf = hierarchy.domains[LEAF]
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{leaf.urs_url}/sessions", json=SESSION) as response:
-                assert response.status == 201
-                created = await response.json()
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{leaf.urs_url}/sessions", json=SESSION
+        ) as response:
+            assert response.status == 201
+            created = await response.json()
         uri = parse_uri(created["uri"])
         assert str(uri) == f"mcast.{LEAF}/gators"
 
@@ -106,7 +107,7 @@ async def test_every_urs_is_found_from_the_root(tmp_path: Path, scenario: str) -
 
 async def test_resolve_errors_are_one_clear_line(scenario1: Hierarchy) -> None:
     root = _root_dns(scenario1)
-    with pytest.raises(ClientError, match="no session 'nobody' at mcast.level0"):
+    with pytest.raises(ClientError, match=r"no session 'nobody' at mcast\.level0"):
         await resolve(parse_uri("mcast.level0.testdomain.info/nobody"), dns_server=root)
     with pytest.raises(ClientError, match="no such domain"):
         await resolve(parse_uri("mcast.nowhere.level0.testdomain.info/x"), dns_server=root)

@@ -1,4 +1,4 @@
-"""The .mds reader and writer: the dissertation's files round-trip byte for byte; bad files are named."""
+"""The .mds reader and writer: the dissertation's files round-trip; bad files are named."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def _write_hierarchy(tmp_path: Path, *names: str) -> None:
 
 def test_hierarchy_with_a_dangling_delegation_is_rejected(tmp_path: Path) -> None:
     _write_hierarchy(tmp_path, "domain10-level0.mds", "domain04-dom01.mds")
-    with pytest.raises(MdsFormatError, match="no file describes dom00.level0"):
+    with pytest.raises(MdsFormatError, match=r"no file describes dom00\.level0"):
         load_hierarchy(tmp_path)
 
 
@@ -101,5 +101,5 @@ def test_hierarchy_without_a_root_is_rejected(tmp_path: Path) -> None:
 
 
 def test_empty_directory_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(MdsFormatError, match="holds no .mds files"):
+    with pytest.raises(MdsFormatError, match=r"holds no \.mds files"):
         load_hierarchy(tmp_path)

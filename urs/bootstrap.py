@@ -1,0 +1,244 @@
+"""The bootstrap document a domain's MSD daemons read, and the designated-MSD soft state.
+
+The URS tells its MSDs the channels of their domain (PMCAST, CMCAST, MSD-LOCAL-MCAST,
+anycast), the multicast mode and the parent domain; it keeps the soft state of the
+domain's own designated MSD (set by the elected MSD, expiring unless refreshed) and
+asks the parent domain's URS for the parent's designated MSD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+from urs.errors import UrsError
+from urs.metrics import UrsMetrics
+from urs.settings import GroupPort, UrsSettings
+from urs.store import Designated, SessionStore
+
+log = logging.getLogger(__name__)
+
+DESIGNATED_TTL_MIN = 1
+# An elected MSD refreshes well within this; a dead one is forgotten after at most 10 minutes.
+DESIGNATED_TTL_MAX = 600
+TERM_MAX = 2**63 - 1
+# The parent's answer is a few hundred bytes; anything much larger is not a URS talking.
+PARENT_REPLY_MAX_BYTES = 16 * 1024
+LOCATE_MARGIN_S = 0.2
+
+
+class ParentLocator(Protocol):
+    """Finds the base URL (`http://host:port`) of a domain's URS.
+
+    `deadline` is on the running loop's monotonic clock (`loop.time()`); the caller also
+    enforces it, so a locator may use it only to size its own retries.
+    """
+
+    async def __call__(self, domain: str, *, deadline: float) -> str: ...
+
+
+class DnsParentLocator:
+    """The production locator: `mcast.<domain>` through DNS (urs.locate)."""
+
+    def __init__(self, dns_server: tuple[str, int] | None) -> None:
+        self._dns_server = dns_server
+
+    def __repr__(self) -> str:
+        return f"DnsParentLocator(dns_server={self._dns_server!r})"
+
+    async def __call__(self, domain: str, *, deadline: float) -> str:
+        # Imported here: the locator is the only user, and tests inject another one.
+        from urs.locate import locate_urs
+
+        # Leave a margin: when DNS is slow, its own error (naming the DNS server) should arrive
+        # before the caller's deadline replaces it with a generic timeout, and dnspython
+        # overruns its lifetime by about 0.1 s.
+        left = deadline - asyncio.get_running_loop().time()
+        remaining = max(left - max(0.1 * left, LOCATE_MARGIN_S), 0.01)
+        location = await locate_urs(domain, dns_server=self._dns_server, timeout=remaining)
+        return location.base_url
+
+
+class DesignatedUpdate(BaseModel):
+    """Body of PUT /bootstrap/designated: the elected MSD announces itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    address: str
+    port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    term: Annotated[StrictInt, Field(ge=0, le=TERM_MAX)]
+    ttl: Annotated[StrictInt, Field(ge=DESIGNATED_TTL_MIN, le=DESIGNATED_TTL_MAX)]
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"address {value!r} is not an IPv4 or IPv6 address") from None
+        if address.is_multicast or address.is_unspecified:
+            raise ValueError(f"address {value} must be a unicast address")
+        return str(address)
+
+
+class _DesignatedView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    address: str
+    port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    term: Annotated[StrictInt, Field(ge=0, le=TERM_MAX)]
+    expires_at: float
+
+
+class _DesignatedReply(BaseModel):
+    # What GET /bootstrap/designated answers; unknown keys are ignored for newer parents.
+    model_config = ConfigDict(extra="ignore")
+
+    domain: str
+    designated: _DesignatedView | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentAnswer:
+    """The parent's designated MSD (or None) and, when the lookup failed, why."""
+
+    designated: dict[str, Any] | None
+    error: str | None
+
+
+class BootstrapService:
+    """Builds the bootstrap document and keeps the designated-MSD soft state."""
+
+    def __init__(
+        self,
+        settings: UrsSettings,
+        *,
+        store: SessionStore,
+        clock: Callable[[], float],
+        http: aiohttp.ClientSession,
+        metrics: UrsMetrics,
+        locator: ParentLocator | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._http = http
+        self._metrics = metrics
+        self._locator = locator or DnsParentLocator(settings.parent_dns)
+        self._lock = asyncio.Lock()
+        self._cached: ParentAnswer | None = None
+        self._cached_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"BootstrapService(domain={self._settings.domain!r}, locator={self._locator!r})"
+
+    async def document(self) -> dict[str, Any]:
+        """GET /bootstrap: everything an MSD of this domain needs to start."""
+        settings = self._settings
+        own = await self._store.get_designated(settings.domain, now=self._clock())
+        parent = await self.parent_designated()
+        return {
+            "domain": settings.domain,
+            "parent": settings.parent_domain or "void",
+            "pmcast": _channel(settings.pmcast),
+            "cmcast": _channel(settings.cmcast),
+            "msd_local": _channel(settings.msd_local),
+            "anycast": _channel(settings.anycast),
+            "multicast_mode": settings.multicast_mode.value,
+            "designated": own.to_json() if own is not None else None,
+            "parent_designated": parent.designated,
+            "parent_error": parent.error,
+        }
+
+    async def own_designated(self) -> dict[str, Any]:
+        """GET /bootstrap/designated: this domain's soft state only (never recursive)."""
+        own = await self._store.get_designated(self._settings.domain, now=self._clock())
+        return {
+            "domain": self._settings.domain,
+            "designated": own.to_json() if own is not None else None,
+        }
+
+    async def set_designated(self, update: DesignatedUpdate) -> Designated:
+        """PUT /bootstrap/designated; TermConflictError if a higher term holds the entry."""
+        now = self._clock()
+        entry = Designated(
+            address=update.address,
+            port=update.port,
+            term=update.term,
+            expires_at=now + update.ttl,
+        )
+        stored = await self._store.set_designated(self._settings.domain, entry, now=now)
+        self._metrics.designated_updates.inc()
+        return stored
+
+    async def parent_designated(self) -> ParentAnswer:
+        """The parent's designated MSD, cached for `parent_cache_s`; never raises."""
+        parent = self._settings.parent_domain
+        if parent is None:
+            return ParentAnswer(designated=None, error=None)
+        loop = asyncio.get_running_loop()
+        # One lookup at a time: concurrent bootstrap requests share its answer.
+        async with self._lock:
+            if self._cached is not None and loop.time() < self._cached_until:
+                return self._cached
+            answer = await self._ask_parent(parent)
+            self._cached = answer
+            self._cached_until = loop.time() + self._settings.parent_cache_s
+            return answer
+
+    async def _ask_parent(self, parent: str) -> ParentAnswer:
+        budget = self._settings.parent_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        base_url: str | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                base_url = await self._locator(parent, deadline=deadline)
+                url = f"{base_url.rstrip('/')}/bootstrap/designated"
+                async with self._http.get(
+                    url, headers={"Accept": "application/json"}, allow_redirects=False
+                ) as response:
+                    if response.status != 200:
+                        raise _ParentReplyError(f"answered HTTP {response.status}")
+                    raw = await response.content.read(PARENT_REPLY_MAX_BYTES + 1)
+            if len(raw) > PARENT_REPLY_MAX_BYTES:
+                raise _ParentReplyError(f"answer larger than {PARENT_REPLY_MAX_BYTES} bytes")
+            reply = _DesignatedReply.model_validate_json(raw)
+            if reply.domain != parent:
+                raise _ParentReplyError(f"answered for domain {reply.domain!r}")
+        except TimeoutError:
+            if base_url is None:
+                error = f"locating the URS of parent domain {parent} took over {budget:g} s"
+            else:
+                error = f"parent URS of {parent} at {base_url} did not answer within {budget:g} s"
+        except _ParentReplyError as exc:
+            error = f"parent URS of {parent} at {base_url}: {exc}"
+        except ValidationError:
+            error = f"parent URS of {parent} at {base_url}: answer is not a designated document"
+        except aiohttp.ClientError as exc:
+            error = f"parent URS of {parent} at {base_url}: {type(exc).__name__}: {exc}"
+        except (UrsError, OSError) as exc:
+            # LocateError (a UrsError) already says which name failed and why.
+            error = f"cannot reach the URS of parent domain {parent}: {exc}"
+        else:
+            self._metrics.parent_lookups.labels(outcome="ok").inc()
+            view = reply.designated
+            return ParentAnswer(designated=view.model_dump() if view else None, error=None)
+        self._metrics.parent_lookups.labels(outcome="error").inc()
+        log.warning("parent lookup failed: %s", error)
+        return ParentAnswer(designated=None, error=error)
+
+
+class _ParentReplyError(UrsError):
+    """The parent URS answered, but not with a designated document."""
+
+
+def _channel(value: GroupPort) -> dict[str, Any]:
+    return {"group": value.group, "port": value.port}

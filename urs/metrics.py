@@ -1,0 +1,60 @@
+"""The URS's Prometheus metrics, in a registry of its own so two apps in one process never mix."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class UrsMetrics:
+    """Counters of one URS app; label values are bounded (route templates, fixed reasons)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "urs_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "urs_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            ["route"],
+            registry=self.registry,
+        )
+        self.registrations = Counter(
+            "urs_registrations", "Sessions registered", registry=self.registry
+        )
+        self.updates = Counter(
+            "urs_updates", "Sessions whose parameters were replaced", registry=self.registry
+        )
+        self.rejected = Counter(
+            "urs_rejected",
+            "Requests refused, by reason (invalid, bad_json, too_large, taken, auth, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.purged = Counter(
+            "urs_purged", "Expired sessions deleted by the purge task", registry=self.registry
+        )
+        self.purge_failures = Counter(
+            "urs_purge_failures", "Purge runs that failed (database errors)", registry=self.registry
+        )
+        self.active_sessions = Gauge(
+            "urs_active_sessions", "Unexpired sessions of this domain", registry=self.registry
+        )
+        self.designated_updates = Counter(
+            "urs_designated_updates",
+            "Designated-MSD soft state updates accepted",
+            registry=self.registry,
+        )
+        self.parent_lookups = Counter(
+            "urs_parent_lookups",
+            "Lookups of the parent URS's designated MSD, by outcome (ok, error)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,312 @@
+"""The URS database: sessions by (domain, id) and the designated-MSD soft state (SQLAlchemy 2).
+
+SQLite in WAL mode is the embedded default; any SQLAlchemy async URL works
+(`postgresql+asyncpg://...`). The store never reads a clock: every operation is told
+`now` (Unix seconds), so expiry is testable with a fake clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from msd.schema import Session, SessionRecord
+from urs.errors import (
+    IdTakenError,
+    SessionNotFoundError,
+    StoreError,
+    TermConflictError,
+    TokenRejectedError,
+)
+
+# Writers wait this long for SQLite's lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("id", String(63), primary_key=True),
+    Column("body", Text, nullable=False),  # the validated Session as JSON
+    # sha256 hex of the owner token: a stolen database file cannot be used to update.
+    Column("token_sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+designated = Table(
+    "designated",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("address", String(45), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("term", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Designated:
+    """A domain's designated MSD as it last announced itself (soft state: it expires)."""
+
+    address: str
+    port: int
+    term: int
+    expires_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of an owner token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def session_uri(domain: str, session_id: str) -> str:
+    """The public name of a session: `mcast.<domain>/<id>`."""
+    return f"mcast.{domain}/{session_id}"
+
+
+class SessionStore:
+    """Sessions and soft state behind one SQLAlchemy async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    def __repr__(self) -> str:
+        return f"SessionStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    @classmethod
+    async def open(cls, url: str) -> SessionStore:
+        """Connect, set SQLite's pragmas on every connection, and create missing tables."""
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_async_engine(url)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot use database URL {parsed!r}: {exc}") from exc
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            async with store._translate("create tables"), engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        async with self._translate("ping"), self._engine.connect() as conn:
+            await conn.execute(select(1))
+
+    async def create(
+        self, domain: str, session: Session, *, token: str, now: float
+    ) -> SessionRecord:
+        """Store a new session; IdTakenError if its id is held by an unexpired session."""
+        body = session.model_dump_json()
+        values = {
+            "domain": domain,
+            "id": session.id,
+            "body": body,
+            "token_sha256": hash_token(token),
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": now + session.ttl,
+        }
+        try:
+            async with self._translate("create"), self._engine.begin() as conn:
+                # An expired session frees its id; both statements share one transaction,
+                # so two creators racing for that id cannot both win.
+                await conn.execute(
+                    delete(sessions).where(
+                        sessions.c.domain == domain,
+                        sessions.c.id == session.id,
+                        sessions.c.expires_at <= now,
+                    )
+                )
+                await conn.execute(insert(sessions).values(**values))
+        except IntegrityError:
+            raise IdTakenError(
+                f"id {session.id!r} is already taken in {domain}; choose another"
+            ) from None
+        return _record(domain, body, updated_at=now, expires_at=now + session.ttl)
+
+    async def get(self, domain: str, session_id: str, *, now: float) -> SessionRecord | None:
+        """The session, or None if there is none or it has expired."""
+        query = select(sessions.c.body, sessions.c.updated_at, sessions.c.expires_at).where(
+            sessions.c.domain == domain,
+            sessions.c.id == session_id,
+            sessions.c.expires_at > now,
+        )
+        async with self._translate("get"), self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return _record(domain, row.body, updated_at=row.updated_at, expires_at=row.expires_at)
+
+    async def check_owner(
+        self, domain: str, session_id: str, *, token: str | None, now: float
+    ) -> None:
+        """SessionNotFoundError if it is missing or expired, TokenRejectedError if not the owner."""
+        query = select(sessions.c.token_sha256).where(
+            sessions.c.domain == domain,
+            sessions.c.id == session_id,
+            sessions.c.expires_at > now,
+        )
+        async with self._translate("check owner"), self._engine.connect() as conn:
+            stored = (await conn.execute(query)).scalar_one_or_none()
+        if stored is None:
+            raise SessionNotFoundError(f"no session {session_uri(domain, session_id)}")
+        # Compare digests in constant time: the response time must not leak a prefix.
+        if token is None or not hmac.compare_digest(stored, hash_token(token)):
+            raise TokenRejectedError(f"not the owner token of {session_uri(domain, session_id)}")
+
+    async def replace(
+        self, domain: str, session: Session, *, token: str, now: float
+    ) -> SessionRecord:
+        """Replace a session's parameters and refresh its expiry, if the token is the owner's."""
+        await self.check_owner(domain, session.id, token=token, now=now)
+        body = session.model_dump_json()
+        statement = (
+            update(sessions)
+            .where(
+                sessions.c.domain == domain,
+                sessions.c.id == session.id,
+                sessions.c.expires_at > now,
+                # The row may have expired and been re-registered since the check above.
+                sessions.c.token_sha256 == hash_token(token),
+            )
+            .values(body=body, updated_at=now, expires_at=now + session.ttl)
+        )
+        async with self._translate("replace"), self._engine.begin() as conn:
+            result = await conn.execute(statement)
+        if result.rowcount != 1:
+            raise SessionNotFoundError(f"no session {session_uri(domain, session.id)}")
+        return _record(domain, body, updated_at=now, expires_at=now + session.ttl)
+
+    async def purge_expired(self, *, now: float) -> int:
+        """Delete expired sessions (and expired soft state); return how many sessions went."""
+        async with self._translate("purge"), self._engine.begin() as conn:
+            result = await conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
+            await conn.execute(delete(designated).where(designated.c.expires_at <= now))
+        return int(result.rowcount)
+
+    async def count_active(self, domain: str, *, now: float) -> int:
+        query = (
+            select(func.count())
+            .select_from(sessions)
+            .where(sessions.c.domain == domain, sessions.c.expires_at > now)
+        )
+        async with self._translate("count"), self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def set_designated(
+        self, domain: str, entry: Designated, *, now: float
+    ) -> Designated:
+        """Record the designated MSD unless an unexpired entry carries a higher term."""
+        values = dataclasses.asdict(entry) | {"updated_at": now}
+        try:
+            async with self._translate("set designated"), self._engine.begin() as conn:
+                # One conditional UPDATE, then INSERT if there was no row: atomic per statement.
+                result = await conn.execute(
+                    update(designated)
+                    .where(
+                        designated.c.domain == domain,
+                        (designated.c.term <= entry.term) | (designated.c.expires_at <= now),
+                    )
+                    .values(**values)
+                )
+                if result.rowcount == 0:
+                    await conn.execute(insert(designated).values(domain=domain, **values))
+        except IntegrityError:
+            current = await self.get_designated(domain, now=now)
+            term = current.term if current is not None else entry.term
+            raise TermConflictError(
+                f"designated MSD of {domain} has term {term}, higher than {entry.term}",
+                current_term=term,
+            ) from None
+        return entry
+
+    async def get_designated(self, domain: str, *, now: float) -> Designated | None:
+        query = select(
+            designated.c.address, designated.c.port, designated.c.term, designated.c.expires_at
+        ).where(designated.c.domain == domain, designated.c.expires_at > now)
+        async with self._translate("get designated"), self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return Designated(
+            address=row.address, port=row.port, term=row.term, expires_at=row.expires_at
+        )
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, operation: str) -> AsyncIterator[None]:
+        # Library and OS errors stop here; IntegrityError is a meaning, left to the caller.
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"database {operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _record(domain: str, body: str, *, updated_at: float, expires_at: float) -> SessionRecord:
+    data = json.loads(body)
+    return SessionRecord.model_validate(
+        data
+        | {
+            "uri": session_uri(domain, data["id"]),
+            "domain": domain,
+            "updated_at": updated_at,
+            "expires_at": expires_at,
+        }
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Per connection, because SQLite forgets all but journal_mode when a connection closes.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
