@@ -1,0 +1,150 @@
+"""The tree core on a virtual network: the dissertation's hierarchies settle, tile and heal."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+
+from msd.hierarchy import HierarchyConfig, LinkMode, NodeState
+from msd.keyspace import SPACE
+from vdns.mds import DomainConfig, load_hierarchy, load_mds
+from vdns.netsim import VirtualNetwork
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+HB = 1.0
+_RANDOM = random.Random(7)
+KEYS = [_RANDOM.randrange(SPACE) for _ in range(10_000)]
+
+
+def _configs(scenario: str) -> dict[str, DomainConfig]:
+    return {c.domain: c for c in load_hierarchy(CONFIGS / scenario)}
+
+
+def _add(net: VirtualNetwork, config: DomainConfig) -> None:
+    net.add(config.domain, parent=config.parent_domain, cmcast=config.cmcast,
+            pmcast=None if config.is_root else config.pmcast)
+
+
+def _network(scenario: str, **config: bool) -> VirtualNetwork:
+    net = VirtualNetwork(config=dataclasses.replace(HierarchyConfig(heartbeat_s=HB), **config))
+    for domain in _configs(scenario).values():
+        _add(net, domain)
+    return net
+
+
+def _assert_whole(net: VirtualNetwork, *, keys: int = 300) -> None:
+    """Owned ranges tile the space; every key routes from every live domain to its owner.
+
+    What is in flight is delivered first (50 ms, 5 % of a heartbeat): a re-split reaches
+    the children one network delay after the parent made it.
+    """
+    net.settle(within=0.05 * HB)
+    owned = sorted((n.owned, n.domain) for n in net.live_nodes())
+    assert owned[0][0].start == 0 and owned[-1][0].end == SPACE
+    for (before, _), (after, _) in itertools.pairwise(owned):
+        assert before.end == after.start, f"gap or overlap between {before} and {after}"
+    starts = [rng.start for rng, _ in owned]
+    for key in KEYS[:keys]:
+        expected = owned[bisect.bisect_right(starts, key) - 1][1]
+        for node in net.live_nodes():
+            owner, _ = net.route(key, start=node.domain)
+            assert owner == expected, f"{key:032x} from {node.domain}: {owner} != {expected}"
+
+
+def _shares(net: VirtualNetwork) -> list[float]:
+    return [float(n.owned.share_fraction()) for n in net.live_nodes()]
+
+
+@pytest.mark.parametrize("scenario", ["scenario1", "scenario2", "scenario3"])
+def test_dissertation_hierarchy_settles_and_tiles(scenario: str) -> None:
+    net = _network(scenario)
+    net.run(until=20 * HB)
+    nodes = net.live_nodes()
+    assert sum(n.state is NodeState.ROOT for n in nodes) == 1
+    assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in nodes)
+    root = next(n for n in nodes if n.state is NodeState.ROOT)
+    assert root.count == 10
+    assert max(abs(share - 0.1) for share in _shares(net)) < 1e-6
+    _assert_whole(net, keys=10_000)  # 10,000 keys from every domain: one owner each
+
+
+def test_multicast_off_runs_the_whole_tree_on_unicast() -> None:
+    net = _network("scenario1", multicast=False)
+    net.run(until=20 * HB)
+    nodes = net.live_nodes()
+    assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in nodes)
+    assert all(n.parent_link is LinkMode.UNICAST for n in nodes if n.parent)
+    _assert_whole(net)
+
+
+def test_a_link_with_multicast_blocked_falls_back_to_unicast() -> None:
+    net = _network("scenario1")
+    net.run(until=5 * HB)
+    leaf = "dom0200.dom020.dom02.level0.testdomain.info"
+    net.block_multicast(leaf)
+    net.run(until=15 * HB)
+    node = net.domains[leaf].node
+    assert node.state is NodeState.JOINED and node.parent_link is LinkMode.UNICAST
+    parent = net.domains["dom020.dom02.level0.testdomain.info"].node
+    assert parent.children[leaf].link is LinkMode.UNICAST
+    _assert_whole(net)
+
+
+def test_killing_a_middle_domain_grafts_its_children_within_five_heartbeats() -> None:
+    net = _network("scenario1")
+    net.run(until=15 * HB)
+    middle = "dom020.dom02.level0.testdomain.info"
+    before = {n.domain: (n.parent.domain if n.parent else None) for n in net.live_nodes()}
+    net.kill(middle)
+    killed_at = net.now
+    net.run(until=killed_at + 5 * HB)
+    for leaf in ("dom0200", "dom0201", "dom0202"):
+        node = net.domains[f"{leaf}.{middle}"].node
+        assert node.state is NodeState.FOSTERED
+        assert node.parent is not None and node.parent.domain == "dom02.level0.testdomain.info"
+    _assert_whole(net)
+
+    net.add(middle, parent="dom02.level0.testdomain.info", cmcast="239.0.0.113",
+            pmcast="239.0.0.107")
+    net.run(until=net.now + 10 * HB)
+    after = {n.domain: (n.parent.domain if n.parent else None) for n in net.live_nodes()}
+    assert after == before
+    assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in net.live_nodes())
+    _assert_whole(net)
+
+
+def test_root_loss_leaves_a_forest_that_heals_when_the_root_returns() -> None:
+    configs = _configs("scenario1")
+    net = _network("scenario1")
+    net.run(until=15 * HB)
+    root = "level0.testdomain.info"
+    net.kill(root)
+    net.run(until=net.now + 6 * HB)
+    tops = [n for n in net.live_nodes() if n.parent is None]
+    assert sorted(n.domain for n in tops) == sorted(
+        d for d, c in configs.items() if c.parent_domain == root
+    )
+    _add(net, configs[root])
+    net.run(until=net.now + 10 * HB)
+    assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in net.live_nodes())
+    _assert_whole(net)
+
+
+def test_domains_started_before_their_parents_join_when_they_can() -> None:
+    """The dissertation's start order and delays (1 s of its controller = 0.1 heartbeat)."""
+    by_number = {int(path.name[6:8]): load_mds(path)
+                 for path in (CONFIGS / "scenario3").glob("domain*.mds")}
+    order = [10, 4, 5, 6, 1, 2, 7, 8, 9, 3]
+    delays = [5, 5, 5, 10, 30, 600, 5, 5, 300, 30]
+    net = VirtualNetwork(config=HierarchyConfig(heartbeat_s=HB))
+    for number in order:
+        _add(net, by_number[number])
+        net.run(until=net.now + delays[number - 1] * 0.1 * HB)
+    net.run(until=net.now + 20 * HB)
+    assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in net.live_nodes())
+    _assert_whole(net)

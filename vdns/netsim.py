@@ -1,0 +1,178 @@
+"""A virtual network and clock that run the MSD tree cores (msd.hierarchy.Node) in one process.
+
+The very protocol code the daemons run, with multicast groups, unicast addresses,
+latency, loss, blocked multicast and dead domains simulated; time is virtual, so a
+20-minute scenario runs in well under a second. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Iterable
+
+from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
+from msd.messages import Message, Peer
+
+
+@dataclasses.dataclass
+class SimDomain:
+    """One domain on the virtual network: its node and its multicast groups."""
+
+    node: Node
+    cmcast: str  # the group it talks to its children on (and hears their reports)
+    pmcast: str | None  # the group it hears its parent on (None at the root)
+    alive: bool = True
+    multicast_blocked: bool = False
+    messages_sent: int = 0
+
+
+@dataclasses.dataclass(order=True)
+class _Delivery:
+    at: float
+    seq: int
+    target: str = dataclasses.field(compare=False)
+    message: Message = dataclasses.field(compare=False)
+    multicast: bool = dataclasses.field(compare=False)
+    port: int | None = dataclasses.field(compare=False)  # unicast: the port it was sent to
+
+
+class VirtualNetwork:
+    """Domains, groups, a clock and a delivery queue."""
+
+    def __init__(
+        self,
+        *,
+        config: HierarchyConfig,
+        latency_s: float = 0.002,
+        jitter_s: float = 0.0,
+        loss: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.latency_s = latency_s
+        self.jitter_s = jitter_s
+        self.loss = loss
+        self.random = random.Random(seed)
+        self.now = 0.0
+        self.domains: dict[str, SimDomain] = {}
+        self._by_address: dict[tuple[str, int], str] = {}
+        self._queue: list[_Delivery] = []
+        self._seq = 0
+        self._next_port = 10_000
+        self.delivered = 0
+        self.lost = 0
+
+    def add(
+        self, domain: str, *, parent: str | None, cmcast: str, pmcast: str | None, term: int = 1
+    ) -> Node:
+        """Start (or restart) a domain's designated MSD now; it gets a fresh unicast port."""
+        self._next_port += 1
+        address = Peer(domain=domain, host="127.0.0.1", port=self._next_port)
+        node = Node(address=address, parent_domain=parent, msd_id=f"sim-{self._next_port}",
+                    term=term, config=self.config, now=self.now)
+        self.domains[domain] = SimDomain(node=node, cmcast=cmcast, pmcast=pmcast)
+        self._by_address[(address.host, address.port)] = domain
+        # The URS soft state: children learn where their parent's designated MSD is.
+        for other in self.domains.values():
+            if other.node.parent_domain == domain and other.alive:
+                self._carry(domain=other.node.domain, actions=other.node.set_parent_address(
+                    address, self.now))
+        if parent in self.domains and self.domains[parent].alive:
+            self._carry(domain=domain, actions=node.set_parent_address(
+                self.domains[parent].node.address, self.now))
+        self._carry(domain=domain, actions=node.start(self.now))
+        return node
+
+    def kill(self, domain: str) -> None:
+        """The domain's MSDs die: it neither sends nor receives."""
+        self.domains[domain].alive = False
+
+    def block_multicast(self, domain: str, *, blocked: bool = True) -> None:
+        """Multicast to this domain is dropped (unicast still flows)."""
+        self.domains[domain].multicast_blocked = blocked
+
+    def run(self, *, until: float, step: float | None = None) -> None:
+        """Advance the clock to `until`, ticking every live node each `step` seconds."""
+        step = step or self.config.heartbeat_s / 10
+        while self.now < until - 1e-9:
+            next_tick = min(until, self.now + step)
+            self._deliver_until(next_tick)
+            self.now = next_tick
+            for name in sorted(self.domains):
+                sim = self.domains[name]
+                if sim.alive:
+                    self._carry(domain=name, actions=sim.node.tick(self.now))
+
+    def settle(self, *, within: float = 0.05) -> None:
+        """Deliver what is in flight (for `within` seconds) without ticking any node."""
+        self._deliver_until(self.now + within)
+        self.now += within
+
+    def live_nodes(self) -> list[Node]:
+        return [sim.node for sim in self.domains.values() if sim.alive]
+
+    def route(self, key: int, *, start: str, max_hops: int = 256) -> tuple[str | None, int]:
+        """Follow next hops from `start` to the domain that owns `key`: (owner, hops)."""
+        current, hops = start, 0
+        seen: set[str] = set()
+        while hops <= max_hops:
+            sim = self.domains.get(current)
+            if sim is None or not sim.alive or current in seen:
+                return None, hops
+            seen.add(current)
+            hop = sim.node.route(key)
+            if hop is None:
+                return current, hops
+            current, hops = hop, hops + 1
+        return None, hops
+
+    # --- delivery --------------------------------------------------------------------------
+
+    def _carry(self, *, domain: str, actions: Iterable[Action]) -> None:
+        sender = self.domains[domain]
+        for action in actions:
+            sender.messages_sent += 1
+            match action:
+                case SendParent(message=message) if sender.pmcast is not None:
+                    self._multicast(sender, sender.pmcast, message)
+                case SendChildren(message=message):
+                    self._multicast(sender, sender.cmcast, message)
+                case SendUnicast(peer=peer, message=message):
+                    target = self._by_address.get((peer.host, peer.port))
+                    if target is not None:
+                        self._enqueue(target, message, multicast=False, port=peer.port)
+
+    def _multicast(self, sender: SimDomain, group: str, message: Message) -> None:
+        if not self.config.multicast:
+            return
+        for name, sim in self.domains.items():
+            if sim is sender or sim.multicast_blocked:
+                continue
+            if group in (sim.cmcast, sim.pmcast):
+                self._enqueue(name, message, multicast=True)
+
+    def _enqueue(
+        self, target: str, message: Message, *, multicast: bool, port: int | None = None
+    ) -> None:
+        if self.loss and self.random.random() < self.loss:
+            self.lost += 1
+            return
+        self._seq += 1
+        delay = self.latency_s + (self.random.uniform(0, self.jitter_s) if self.jitter_s else 0)
+        heapq.heappush(self._queue, _Delivery(self.now + delay, self._seq, target, message,
+                                              multicast, port))
+
+    def _deliver_until(self, until: float) -> None:
+        while self._queue and self._queue[0].at <= until:
+            delivery = heapq.heappop(self._queue)
+            sim = self.domains.get(delivery.target)
+            # A datagram addressed to a dead process's port is lost, even after a restart.
+            node = sim.node if sim and sim.alive else None
+            if node is None or delivery.port not in (None, node.address.port):
+                continue
+            now = max(self.now, delivery.at)
+            self.delivered += 1
+            self._carry(domain=delivery.target,
+                        actions=node.receive(delivery.message, now, multicast=delivery.multicast))
