@@ -14,6 +14,7 @@ from typing import TextIO
 from client.errors import ClientError
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.uri import parse_uri
+from msd.errors import MsdError
 from urs.errors import UrsError
 from urs.locate import WELL_KNOWN_URS_PORT, parse_dns_server
 from vdns.errors import VdnsError
@@ -80,7 +81,64 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not register DIR/sessions.json")
     up_cmd.add_argument("--ready-timeout", type=float, default=15.0, metavar="SECONDS",
                         help="how long to wait for every server to answer (default 15)")
+    up_cmd.add_argument("--msds", type=int, default=1, metavar="K",
+                        help="MSD daemons (processes) per domain; 0 runs DNS and URS only "
+                             "(default 1)")
+    _tree_options(up_cmd)
+
+    status_cmd = commands.add_parser(
+        "status",
+        help="print the tree of designated MSDs, reached from any domain",
+        description=(
+            "Find DOMAIN's designated MSD through DNS and its URS, climb to the root and walk "
+            "every child: per domain its designated MSD, term, parent, children, link modes, "
+            "subtree count, owned ranges, routes and counters; then check that the ranges "
+            "tile the key space and that random keys route from every domain to their owner."
+        ),
+    )
+    status_cmd.add_argument("--domain", required=True,
+                            help="any domain of the hierarchy, e.g. level0.testdomain.info")
+    status_cmd.add_argument("--dns", metavar="HOST:PORT",
+                            help="ask this DNS server instead of the system resolver")
+    status_cmd.add_argument("--json", action="store_true",
+                            help='print {"domains": [...], "checks": {...}} as JSON')
+    status_cmd.add_argument("--keys", type=int, default=10_000, metavar="N",
+                            help="random keys to route from every domain (default 10000)")
+    status_cmd.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+
+    msd_cmd = commands.add_parser(
+        "msd",
+        help="run one MSD daemon for a domain",
+        description=(
+            "Run one MSD daemon: bootstrap from the domain's URS, take part in the election "
+            "on MSD-LOCAL-MCAST and, while designated, in the tree of domains. Stops cleanly "
+            "on SIGINT or SIGTERM. `mdns up --msds K` starts these for you."
+        ),
+    )
+    msd_cmd.add_argument("--urs", required=True, metavar="URL",
+                         help="the domain's URS, e.g. http://127.0.0.1:2038")
+    msd_cmd.add_argument("--msd-key-file", type=Path, required=True, metavar="FILE",
+                         help="the domain's secret for announcing the designated MSD to the URS")
+    msd_cmd.add_argument("--hierarchy-key-file", type=Path, required=True, metavar="FILE",
+                         help="the hierarchy's secret that authenticates control datagrams")
+    msd_cmd.add_argument("--interface", default="127.0.0.1", metavar="ADDR",
+                         help="the address whose interface carries multicast and unicast "
+                              "(default 127.0.0.1)")
+    msd_cmd.add_argument("--port", type=int, default=0,
+                         help="UDP control and HTTP status port (default: any free port)")
+    msd_cmd.add_argument("--priority", type=int, default=0,
+                         help="election priority, 0-65535; the highest live one is designated")
+    _tree_options(msd_cmd)
     return parser
+
+
+def _tree_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                        help="heartbeat interval of the MSD tree and election (default 1)")
+    parser.add_argument("--alpha", type=float, default=0.1,
+                        help="relative count change that re-splits below the root (default 0.1)")
+    parser.add_argument("--beta", type=float, default=0.1,
+                        help="relative count change that re-splits at the root (default 0.1)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_resolve(args, out=sys.stdout))
         if args.command == "up":
             return _up(args)
-    except (ClientError, UrsError, VdnsError) as exc:
+        if args.command == "status":
+            return asyncio.run(_status(args, out=sys.stdout))
+        if args.command == "msd":
+            return _msd(args)
+    except (ClientError, UrsError, VdnsError, MsdError) as exc:
         print(f"mdns: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -129,8 +191,40 @@ def _up(args: argparse.Namespace) -> int:
         ephemeral_ports=args.ephemeral_ports,
         register_samples=not args.no_samples,
         ready_timeout=args.ready_timeout,
+        msds=args.msds,
+        heartbeat_s=args.heartbeat,
+        alpha=args.alpha,
+        beta=args.beta,
         out=sys.stdout,
     ))
+    return 0
+
+
+async def _status(args: argparse.Namespace, *, out: TextIO) -> int:
+    from client.status import collect, format_tree, summary
+
+    dns_server = parse_dns_server(args.dns) if args.dns else None
+    domains = await collect(domain=args.domain, dns_server=dns_server, timeout=args.timeout)
+    checks = summary(domains, keys=max(0, args.keys))
+    if args.json:
+        print(json.dumps({"domains": domains, "checks": checks}, indent=2), file=out)
+    else:
+        print(format_tree(domains, checks), file=out)
+    return 0
+
+
+def _msd(args: argparse.Namespace) -> int:
+    from msd.daemon import run_daemon
+
+    try:
+        msd_key = args.msd_key_file.read_text().strip()
+        hierarchy_key = args.hierarchy_key_file.read_bytes().strip()
+    except OSError as exc:
+        raise ClientError(f"cannot read a key file: {exc}") from None
+    asyncio.run(run_daemon(
+        urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
+        interface=args.interface, port=args.port, priority=args.priority,
+        heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta))
     return 0
 
 

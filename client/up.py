@@ -52,6 +52,10 @@ async def run_up(
     register_samples: bool,
     ready_timeout: float,
     out: TextIO,
+    msds: int = 0,
+    heartbeat_s: float = 1.0,
+    alpha: float = 0.1,
+    beta: float = 0.1,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Start every domain, wait until all answer, register the samples, then run until stopped."""
@@ -62,7 +66,8 @@ async def run_up(
     data_dir = data_dir or default_data_dir(config_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
-                          ephemeral_ports=ephemeral_ports)
+                          ephemeral_ports=ephemeral_ports, msds=msds, heartbeat_s=heartbeat_s,
+                          alpha=alpha, beta=beta)
     stop = stop or _stop_on_signals()
     try:
         await hierarchy.start()

@@ -8,22 +8,26 @@ from enum import StrEnum
 from msd.messages import Message
 
 WINDOW_MS = 30_000  # how far a sender's clock may be from ours, either way, in milliseconds
+REORDER_WINDOW = 64  # sequence numbers below the highest that may still arrive, once each
 MAX_SENDERS = 100_000  # (sender, msd_id) pairs remembered, least recently admitted dropped first
 
 
 class Refusal(StrEnum):
     """Why a message was refused; the daemon counts refusals by this value."""
 
-    REPLAYED = "replayed"  # not newer than the last admitted (term, seq) of its sender
+    REPLAYED = "replayed"  # already admitted, or too far behind its sender's newest
     STALE = "stale"  # sent more than the window before now
     FROM_THE_FUTURE = "from the future"  # sent more than the window after now
 
 
 class ReplayGuard:
-    """Admits a message once, in order, and only while fresh (pure: the caller passes now).
+    """Admits a message once, and only while fresh (pure: the caller passes now).
 
-    A sender's messages must carry strictly increasing `seq` within a `term`; a higher term
-    starts afresh (a newly designated daemon, or one that restarted into a new term).
+    Within a `term`, a sender's `seq` may arrive out of order (a heartbeat sent both by
+    multicast and by unicast reaches two sockets): as in IPsec's anti-replay window, a
+    seq up to REORDER_WINDOW below the newest is admitted once, remembered in a bitmap.
+    A higher term starts afresh (a newly designated daemon, or one that restarted into a
+    new term); a lower term is a deposed daemon's word or a replay.
     Memory is bounded: past `max_senders` the least recently admitted sender is forgotten,
     and its next message is then judged by the window alone.
     """
@@ -35,7 +39,8 @@ class ReplayGuard:
             raise ValueError("window_ms must be >= 0 and max_senders >= 1")
         self.window_ms = window_ms
         self.max_senders = max_senders
-        self._last: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        # (sender, msd_id) → (term, newest seq, bitmap of seqs admitted below the newest)
+        self._last: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._last)
@@ -53,15 +58,26 @@ class ReplayGuard:
         if message.sent_at_ms > now_ms + self.window_ms:
             return Refusal.FROM_THE_FUTURE
         who = (message.sender, message.msd_id)
-        stamp = (message.term, message.seq)
+        term, seq = message.term, message.seq
         last = self._last.get(who)
-        # Tuple order is the rule: a higher term wins whatever its seq; within a term,
-        # only a higher seq. A lower term is a deposed daemon's word or a replay.
+        if last is None or term > last[0]:
+            state = (term, seq, 0)
+        elif term < last[0]:
+            return Refusal.REPLAYED
+        else:
+            _, newest, seen = last
+            if seq > newest:
+                shift = seq - newest
+                seen = ((seen << shift) | (1 << (shift - 1))) & ((1 << REORDER_WINDOW) - 1)
+                state = (term, seq, seen)
+            else:
+                behind = newest - seq  # 0: the newest itself
+                if behind == 0 or behind > REORDER_WINDOW or seen >> (behind - 1) & 1:
+                    return Refusal.REPLAYED
+                state = (term, newest, seen | 1 << (behind - 1))
         if last is not None:
-            if stamp <= last:
-                return Refusal.REPLAYED
             self._last.move_to_end(who)
         elif len(self._last) >= self.max_senders:
             self._last.popitem(last=False)
-        self._last[who] = stamp
+        self._last[who] = state
         return None

@@ -29,12 +29,14 @@ from urs.app import create_app
 from urs.settings import UrsSettings
 from vdns.errors import VdnsError
 from vdns.mds import DomainConfig
+from vdns.msds import DomainMsds, MsdLaunch
 from vdns.server import DnsServer
 from vdns.sockets import bind_dns_sockets, remap_ports
 
 log = logging.getLogger(__name__)
 
 MULTICAST_MODES = ("asm", "ssm", "none")
+MAX_MSDS_PER_DOMAIN = 16
 
 
 @dataclasses.dataclass
@@ -44,6 +46,7 @@ class RunningDomain:
     config: DomainConfig
     dns: DnsServer
     urs: web.AppRunner
+    msds: DomainMsds | None = None
 
     @property
     def dns_address(self) -> tuple[str, int]:
@@ -64,13 +67,24 @@ class Hierarchy:
         data_dir: Path,
         multicast_mode: str = "asm",
         ephemeral_ports: bool = False,
+        msds: int = 0,
+        msd_in_process: bool = False,
+        heartbeat_s: float = 1.0,
+        alpha: float = 0.1,
+        beta: float = 0.1,
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
+        if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
+            raise VdnsError(f"--msds must be 0..{MAX_MSDS_PER_DOMAIN}, got {msds}")
         self._configs = list(configs)
         self.data_dir = data_dir
         self.multicast_mode = multicast_mode
         self.ephemeral_ports = ephemeral_ports
+        self.msds = msds
+        self.msd_in_process = msd_in_process
+        self.heartbeat_s = heartbeat_s
+        self.alpha, self.beta = alpha, beta
         self.domains: dict[str, RunningDomain] = {}
 
     def __repr__(self) -> str:
@@ -97,14 +111,35 @@ class Hierarchy:
                 self.domains[config.domain] = RunningDomain(config, dns_server, runner)
                 log.info("domain %s: DNS 127.0.0.1:%d, URS %s:%d", config.domain,
                          config.self_port, config.urs_ip, config.urs_port)
+            if self.msds:
+                await self._start_msds()
         except BaseException:
             await self.close()
             for sock in sockets:
                 sock.close()
             raise
 
+    async def _start_msds(self) -> None:
+        hierarchy_key = _secret_file(self.data_dir / "hierarchy.key")
+        for running in self.domains.values():
+            domain_dir = self.data_dir / running.config.domain
+            launch = MsdLaunch(
+                urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
+                hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
+                heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
+                in_process=self.msd_in_process)
+            running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
+            await running.msds.start()
+
     def _bind_all(self, sockets: list[socket.socket]) -> _Bound:
         bound = _Bound()
+        if self.ephemeral_ports:
+            # Multicast channels: a free port for each distinct CMCAST/PMCAST/local port.
+            for config in self._configs:
+                for port in (config.cm_port, config.pm_port, config.local_mcast_port,
+                             config.anycast_port):
+                    if port not in bound.port_map:
+                        bound.port_map[port] = _free_udp_port()
         for config in self._configs:
             dns_port = 0 if self.ephemeral_ports else config.self_port
             urs_port = 0 if self.ephemeral_ports else config.urs_port
@@ -151,6 +186,8 @@ class Hierarchy:
     async def close(self) -> None:
         """Stop every server; safe to call twice, and after a failed start."""
         domains, self.domains = list(self.domains.values()), {}
+        await asyncio.gather(*(d.msds.close() for d in domains if d.msds is not None),
+                             return_exceptions=True)
         for domain in domains:
             with contextlib.suppress(Exception):
                 await domain.urs.cleanup()
@@ -185,14 +222,24 @@ def _bind_tcp(host: str, port: int, *, what: str) -> socket.socket:
 
 def _msd_key(domain_dir: Path) -> str:
     """The domain's secret for MSD → URS calls, made once and kept (mode 0600)."""
-    path = domain_dir / "msd.key"
-    if path.exists():
-        return path.read_text().strip()
-    key = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    return key
+    return _secret_file(domain_dir / "msd.key").read_text().strip()
+
+
+def _secret_file(path: Path) -> Path:
+    """A random secret in `path`, made once and kept (mode 0600)."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def _free_udp_port() -> int:
+    """A UDP port the kernel says is free now (multicast receivers bind it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 async def _dns_answers(domain: RunningDomain) -> bool:

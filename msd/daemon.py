@@ -1,0 +1,403 @@
+"""The MSD daemon: the I/O shell around the election and tree cores (UDP, URS over HTTP, status).
+
+One daemon per process. It bootstraps from its domain's URS, joins the election on
+MSD-LOCAL-MCAST and, while designated, runs the domain's tree node on PMCAST/CMCAST with
+unicast fallback. The UDP control socket and the HTTP status server share one port
+number, so the address the URS publishes for the designated MSD serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from msd.channels import Channel, UdpTransport
+from msd.codec import CodecError, decode, encode
+from msd.election import (
+    BecameDesignated,
+    Election,
+    PollUrs,
+    PutDesignated,
+    Role,
+    SendLocal,
+    SteppedDown,
+)
+from msd.errors import MsdError
+from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
+from msd.messages import Announce, Claim, Message, Peer
+from msd.replay import ReplayGuard
+
+log = logging.getLogger(__name__)
+
+TICKS_PER_HEARTBEAT = 10
+BIND_ATTEMPTS = 20
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MsdSettings:
+    """What one MSD daemon needs; everything else comes from its URS's bootstrap document."""
+
+    urs_url: str
+    msd_key: str  # the domain's secret for PUT /bootstrap/designated
+    hierarchy_key: bytes  # authenticates every control datagram of the hierarchy
+    interface: str = "127.0.0.1"
+    port: int = 0  # UDP control and HTTP status; 0 = any free port
+    priority: int = 0
+    heartbeat_s: float = 1.0
+    alpha: float = 0.1
+    beta: float = 0.1
+    urs_timeout_s: float = 2.0
+
+
+@dataclasses.dataclass
+class Counters:
+    """What the status and metrics report besides the transport's own counters."""
+
+    dropped: int = 0  # malformed, oversized, unauthenticated or replayed datagrams
+    dropped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    urs_errors: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.dropped_reasons[reason] = self.dropped_reasons.get(reason, 0) + 1
+
+
+class MsdDaemon:
+    """One MSD: election always, the tree node while designated."""
+
+    def __init__(self, settings: MsdSettings) -> None:
+        self.settings = settings
+        self.msd_id = secrets.token_hex(8)
+        self.counters = Counters()
+        self.bootstrap: dict[str, Any] = {}
+        self.domain = ""
+        self.node: Node | None = None
+        self.election: Election | None = None
+        self.transport: UdpTransport | None = None
+        self._replay = ReplayGuard()
+        # Sequence numbers start from the wall clock, so a restarted daemon is not "replayed".
+        self._seq = time.time_ns() // 1000
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._channels: dict[str, Channel] = {}
+        self._started = time.monotonic()
+
+    def __repr__(self) -> str:
+        role = self.election.role if self.election else "starting"
+        return f"<MsdDaemon {self.domain or '?'} {role} id={self.msd_id}>"
+
+    @property
+    def address(self) -> Peer:
+        assert self.transport is not None
+        host, port = self.transport.unicast_address
+        return Peer(domain=self.domain, host=host, port=port)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Bootstrap, serve until `stop` is set, then leave cleanly."""
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.urs_timeout_s))
+        try:
+            self.bootstrap = await self._fetch_bootstrap()
+            self.domain = self.bootstrap["domain"]
+            await self._open_sockets()
+            now = time.monotonic()
+            multicast = self.bootstrap["multicast_mode"] != "none"
+            self.election = Election(
+                domain=self.domain, msd_id=self.msd_id, priority=self.settings.priority,
+                address=self.address, heartbeat_s=self.settings.heartbeat_s, now=now,
+                use_multicast=multicast)
+            log.info("MSD %s of %s on %s:%d (multicast %s)", self.msd_id, self.domain,
+                     *self.transport_address(), self.bootstrap["multicast_mode"])
+            await self._loop(stop)
+        finally:
+            await self._close()
+
+    def transport_address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        return self.transport.unicast_address
+
+    async def _open_sockets(self) -> None:
+        """The UDP control socket and the HTTP status server on the same port number."""
+        mode = self.bootstrap["multicast_mode"]
+        for _ in range(BIND_ATTEMPTS):
+            transport = UdpTransport(self.settings.interface, on_datagram=self._on_datagram,
+                                     unicast_port=self.settings.port,
+                                     multicast_enabled=mode != "none")
+            await transport.start()
+            port = transport.unicast_address[1]
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.settings.interface, port))
+                sock.listen(64)
+            except OSError:
+                sock.close()
+                await transport.close()
+                if self.settings.port:
+                    raise MsdError(
+                        f"TCP port {port} is taken; the status server needs it too"
+                    ) from None
+                continue
+            self.transport = transport
+            self._runner = web.AppRunner(status_app(self), access_log=None)
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+            local = self.bootstrap["msd_local"]
+            self._channels["local"] = Channel("local", local["group"], local["port"])
+            await transport.join(self._channels["local"])
+            return
+        raise MsdError("could not find a port free for both UDP and TCP")
+
+    async def _close(self) -> None:
+        if self.node is not None:
+            await self._leave_tree()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.transport is not None:
+            await self.transport.close()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        tick = self.settings.heartbeat_s / TICKS_PER_HEARTBEAT
+        next_poll = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            assert self.election is not None
+            await self._carry_election(self.election.tick(now))
+            if self.node is not None:
+                await self._carry_tree(self.node.tick(now))
+            if now >= next_poll:
+                next_poll = now + self.settings.heartbeat_s
+                await self._poll_urs()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+
+    # --- inbound ---------------------------------------------------------------------------
+
+    async def _on_datagram(
+        self, payload: bytes, *, source: tuple[str, int], via: Channel | None
+    ) -> None:
+        try:
+            message = decode(payload, key=self.settings.hierarchy_key)
+        except CodecError as exc:
+            self.counters.drop(type(exc).__name__)
+            log.debug("dropped a datagram from %s:%d: %s", *source, exc)
+            return
+        if message.sender == self.domain and message.msd_id == self.msd_id:
+            return  # our own multicast, looped back
+        refusal = self._replay.admit(message, now_ms=int(time.time() * 1000))
+        if refusal is not None:
+            self.counters.drop(str(refusal))
+            return
+        now = time.monotonic()
+        if isinstance(message, Announce | Claim):
+            if message.sender == self.domain and self.election is not None:
+                await self._carry_election(self.election.receive(message, now))
+            return
+        if self.node is not None:
+            await self._carry_tree(self.node.receive(message, now, multicast=via is not None))
+
+    # --- outbound --------------------------------------------------------------------------
+
+    def _wire(self, message: Message) -> bytes:
+        """Stamp one daemon-wide sequence and the wall clock (for replay checks), then sign."""
+        self._seq += 1
+        stamped = dataclasses.replace(message, seq=self._seq,
+                                      sent_at_ms=int(time.time() * 1000))
+        return encode(stamped, key=self.settings.hierarchy_key)
+
+    async def _carry_tree(self, actions: Iterable[Action]) -> None:
+        assert self.transport is not None
+        for action in actions:
+            match action:
+                case SendParent(message=message) if "pmcast" in self._channels:
+                    await self.transport.send_multicast(self._channels["pmcast"],
+                                                        self._wire(message))
+                case SendChildren(message=message):
+                    await self.transport.send_multicast(self._channels["cmcast"],
+                                                        self._wire(message))
+                case SendUnicast(peer=peer, message=message):
+                    await self.transport.send_unicast((peer.host, peer.port), self._wire(message))
+
+    async def _carry_election(self, actions: Iterable[object]) -> None:
+        assert self.transport is not None and self.election is not None
+        for action in actions:
+            match action:
+                case SendLocal(message=message):
+                    await self.transport.send_multicast(self._channels["local"],
+                                                        self._wire(message))
+                case PutDesignated(term=term, ttl_s=ttl):
+                    accepted, current = await self._put_designated(term, ttl)
+                    await self._carry_election(
+                        self.election.urs_put_result(accepted=accepted, term=current,
+                                                     now=time.monotonic()))
+                case PollUrs():
+                    await self._poll_urs()
+                case BecameDesignated(term=term):
+                    await self._join_tree(term)
+                case SteppedDown(term=term, reason=reason):
+                    log.warning("%s: no longer designated (term %d): %s", self.domain, term,
+                                reason)
+                    await self._leave_tree()
+
+    async def _join_tree(self, term: int) -> None:
+        assert self.transport is not None
+        log.info("%s: designated, term %d", self.domain, term)
+        b = self.bootstrap
+        self._channels["cmcast"] = Channel("cmcast", b["cmcast"]["group"], b["cmcast"]["port"])
+        await self.transport.join(self._channels["cmcast"])
+        if b["parent"] != "void":
+            self._channels["pmcast"] = Channel("pmcast", b["pmcast"]["group"],
+                                               b["pmcast"]["port"])
+            await self.transport.join(self._channels["pmcast"])
+        config = HierarchyConfig(heartbeat_s=self.settings.heartbeat_s,
+                                 alpha=self.settings.alpha, beta=self.settings.beta,
+                                 multicast=b["multicast_mode"] != "none")
+        now = time.monotonic()
+        self.node = Node(address=self.address,
+                         parent_domain=None if b["parent"] == "void" else b["parent"],
+                         msd_id=self.msd_id, term=term, config=config, now=now)
+        await self._carry_tree(self.node.set_parent_address(self._parent_peer(), now))
+        await self._carry_tree(self.node.start(now))
+
+    async def _leave_tree(self) -> None:
+        self.node = None
+        for name in ("cmcast", "pmcast"):
+            channel = self._channels.pop(name, None)
+            if channel is not None and self.transport is not None:
+                await self.transport.leave(channel)
+
+    # --- the URS ---------------------------------------------------------------------------
+
+    async def _fetch_bootstrap(self) -> dict[str, Any]:
+        assert self._http is not None
+        url = f"{self.settings.urs_url}/bootstrap"
+        try:
+            async with self._http.get(url) as response:
+                if response.status != 200:
+                    raise MsdError(f"{url} answered {response.status}")
+                document: dict[str, Any] = await response.json()
+                return document
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise MsdError(f"cannot bootstrap from {url}: {exc or type(exc).__name__}") from None
+
+    async def _poll_urs(self) -> None:
+        """Refresh the bootstrap document: the parent's and our domain's designated MSD."""
+        try:
+            self.bootstrap = await self._fetch_bootstrap()
+        except MsdError as exc:
+            self.counters.urs_errors += 1
+            log.debug("URS poll failed: %s", exc)
+            return
+        now = time.monotonic()
+        designated = self.bootstrap.get("designated")
+        assert self.election is not None
+        view = None
+        if designated:
+            # The URS speaks wall-clock time; the cores run on the monotonic clock.
+            expires = now + float(designated["expires_at"]) - time.time()
+            view = (int(designated["term"]), f"{designated['address']}:{designated['port']}",
+                    expires)
+        await self._carry_election(self.election.urs_state(view, now))
+        if self.node is not None:
+            await self._carry_tree(self.node.set_parent_address(self._parent_peer(), now))
+
+    def _parent_peer(self) -> Peer | None:
+        parent = self.bootstrap.get("parent_designated")
+        if not parent or self.bootstrap.get("parent") in (None, "void"):
+            return None
+        return Peer(domain=self.bootstrap["parent"], host=parent["address"],
+                    port=int(parent["port"]))
+
+    async def _put_designated(self, term: int, ttl: float) -> tuple[bool, int]:
+        assert self._http is not None
+        host, port = self.transport_address()
+        body = {"address": host, "port": port, "term": term, "ttl": max(1, round(ttl))}
+        headers = {"Authorization": f"Bearer {self.settings.msd_key}"}
+        try:
+            async with self._http.put(f"{self.settings.urs_url}/bootstrap/designated",
+                                      json=body, headers=headers) as response:
+                if response.status == 200:
+                    return True, term
+                if response.status == 409:
+                    current = await self._current_term()
+                    return False, current
+                self.counters.urs_errors += 1
+                log.warning("URS refused our designated entry: %s", response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.counters.urs_errors += 1
+            log.debug("URS unreachable for the designated entry: %s", exc)
+        return False, term
+
+    async def _current_term(self) -> int:
+        with contextlib.suppress(MsdError):
+            self.bootstrap = await self._fetch_bootstrap()
+        designated = self.bootstrap.get("designated") or {}
+        return int(designated.get("term", 0))
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """This daemon and, while designated, its view of the tree."""
+        assert self.election is not None and self.transport is not None
+        traffic = self.transport.counters.traffic.values()
+        host, port = self.transport_address()
+        tree = self.node.status() if self.node else {}
+        children = ({name: f"{c.peer.host}:{c.peer.port}" for name, c in
+                     sorted(self.node.children.items())} if self.node else {})
+        return {
+            "name": self.domain,
+            "msd": {"address": f"{host}:{port}", "pid": os.getpid(), "id": self.msd_id,
+                    "role": "designated" if self.election.role is Role.DESIGNATED else "backup",
+                    "uptime_s": round(time.monotonic() - self._started, 1)},
+            "designated": f"{host}:{port}" if self.node else None,
+            "term": self.election.term,
+            **tree,
+            "child_addresses": children,
+            "ancestors": [f"{a.domain}@{a.host}:{a.port}" for a in
+                          (self.node.ancestors if self.node else ())],
+            "control_bytes": sum(t.bytes_sent + t.bytes_received for t in traffic),
+            "dropped": self.counters.dropped,
+            "dropped_reasons": dict(self.counters.dropped_reasons),
+            "heartbeat_s": self.settings.heartbeat_s,
+        }
+
+
+async def run_daemon(**settings: Any) -> None:
+    """Run one daemon until SIGINT or SIGTERM (the handlers only set an event)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await MsdDaemon(MsdSettings(**settings)).run(stop)
+
+
+def status_app(daemon: MsdDaemon) -> web.Application:
+    """GET /status (JSON) and GET /health for one daemon."""
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(daemon.status())
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "domain": daemon.domain})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/health", health)
+    return app
