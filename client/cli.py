@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--msds", type=int, default=1, metavar="K",
                         help="MSD daemons (processes) per domain; 0 runs DNS and URS only "
                              "(default 1)")
+    up_cmd.add_argument("--block-multicast", action="append", default=[], metavar="DOMAIN",
+                        help="run DOMAIN's MSDs as on a host whose multicast is blocked "
+                             "(repeatable)")
     _tree_options(up_cmd)
 
     status_cmd = commands.add_parser(
@@ -128,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="UDP control and HTTP status port (default: any free port)")
     msd_cmd.add_argument("--priority", type=int, default=0,
                          help="election priority, 0-65535; the highest live one is designated")
+    msd_cmd.add_argument("--no-multicast", action="store_true",
+                         help="this host's multicast is broken: elect through the URS and "
+                              "ask the parent for unicast heartbeats")
     _tree_options(msd_cmd)
     return parser
 
@@ -192,6 +198,7 @@ def _up(args: argparse.Namespace) -> int:
         register_samples=not args.no_samples,
         ready_timeout=args.ready_timeout,
         msds=args.msds,
+        multicast_blocked=args.block_multicast,
         heartbeat_s=args.heartbeat,
         alpha=args.alpha,
         beta=args.beta,
@@ -224,7 +231,8 @@ def _msd(args: argparse.Namespace) -> int:
     asyncio.run(run_daemon(
         urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         interface=args.interface, port=args.port, priority=args.priority,
-        heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta))
+        heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
+        multicast=not args.no_multicast))
     return 0
 
 

@@ -22,9 +22,7 @@ async def designated_status(http: aiohttp.ClientSession, urs_url: str) -> dict[s
     designated = bootstrap.get("designated")
     if not designated:
         return None
-    status = await _get_json(http, f"http://{designated['address']}:{designated['port']}/status")
-    status["msds"] = bootstrap.get("msds") or [status.get("msd")]
-    return status
+    return await _get_json(http, f"http://{designated['address']}:{designated['port']}/status")
 
 
 async def collect(
@@ -75,6 +73,8 @@ def summary(domains: list[dict[str, Any]], *, keys: int) -> dict[str, Any]:
         "keys_routed_per_domain": keys,
         "skew": skew(live),
         "control_bytes": sum(int(d.get("control_bytes", 0)) for d in live),
+        "control_bytes_per_s_per_domain": (
+            sum(float(d.get("control_bytes_per_s", 0)) for d in live) / len(live) if live else 0),
         "route_switches": sum(int(d.get("route_switches", 0)) for d in live),
     }
 
@@ -98,8 +98,9 @@ def format_tree(domains: list[dict[str, Any]], checks: dict[str, Any]) -> str:
               else "; ".join(checks["routing_problems"][:3]))
     lines += ["", f"domains: {checks['domains']}   ranges tile the space: {tiles}",
               f"{checks['keys_routed_per_domain']} random keys route from every domain to their "
-              f"owner: {routes}", f"hash skew: {checks['skew']:.3g}   control bytes: "
-              f"{checks['control_bytes']}   route switches: {checks['route_switches']}"]
+              f"owner: {routes}", f"hash skew: {checks['skew']:.3g}   control bandwidth: "
+              f"{checks['control_bytes_per_s_per_domain']:.0f} bytes/s per domain   "
+              f"route switches: {checks['route_switches']}"]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -53,6 +54,7 @@ async def run_up(
     ready_timeout: float,
     out: TextIO,
     msds: int = 0,
+    multicast_blocked: Sequence[str] = (),
     heartbeat_s: float = 1.0,
     alpha: float = 0.1,
     beta: float = 0.1,
@@ -67,6 +69,7 @@ async def run_up(
     data_dir.mkdir(parents=True, exist_ok=True)
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
                           ephemeral_ports=ephemeral_ports, msds=msds, heartbeat_s=heartbeat_s,
+                          multicast_blocked=multicast_blocked,
                           alpha=alpha, beta=beta)
     stop = stop or _stop_on_signals()
     try:

@@ -53,6 +53,7 @@ class MsdSettings:
     hierarchy_key: bytes  # authenticates every control datagram of the hierarchy
     interface: str = "127.0.0.1"
     port: int = 0  # UDP control and HTTP status; 0 = any free port
+    multicast: bool = True  # False: this host's multicast is broken; use unicast only
     priority: int = 0
     heartbeat_s: float = 1.0
     alpha: float = 0.1
@@ -98,6 +99,11 @@ class MsdDaemon:
         return f"<MsdDaemon {self.domain or '?'} {role} id={self.msd_id}>"
 
     @property
+    def multicast(self) -> bool:
+        """Multicast is used unless the domain's mode is `none` or this host opted out."""
+        return self.settings.multicast and self.bootstrap.get("multicast_mode") != "none"
+
+    @property
     def address(self) -> Peer:
         assert self.transport is not None
         host, port = self.transport.unicast_address
@@ -114,13 +120,13 @@ class MsdDaemon:
             self.domain = self.bootstrap["domain"]
             await self._open_sockets()
             now = time.monotonic()
-            multicast = self.bootstrap["multicast_mode"] != "none"
             self.election = Election(
                 domain=self.domain, msd_id=self.msd_id, priority=self.settings.priority,
                 address=self.address, heartbeat_s=self.settings.heartbeat_s, now=now,
-                use_multicast=multicast)
+                use_multicast=self.multicast)
             log.info("MSD %s of %s on %s:%d (multicast %s)", self.msd_id, self.domain,
-                     *self.transport_address(), self.bootstrap["multicast_mode"])
+                     *self.transport_address(),
+                     self.bootstrap["multicast_mode"] if self.multicast else "off here")
             await self._loop(stop)
         finally:
             await self._close()
@@ -131,11 +137,10 @@ class MsdDaemon:
 
     async def _open_sockets(self) -> None:
         """The UDP control socket and the HTTP status server on the same port number."""
-        mode = self.bootstrap["multicast_mode"]
         for _ in range(BIND_ATTEMPTS):
             transport = UdpTransport(self.settings.interface, on_datagram=self._on_datagram,
                                      unicast_port=self.settings.port,
-                                     multicast_enabled=mode != "none")
+                                     multicast_enabled=self.multicast)
             await transport.start()
             port = transport.unicast_address[1]
             try:
@@ -266,7 +271,7 @@ class MsdDaemon:
             await self.transport.join(self._channels["pmcast"])
         config = HierarchyConfig(heartbeat_s=self.settings.heartbeat_s,
                                  alpha=self.settings.alpha, beta=self.settings.beta,
-                                 multicast=b["multicast_mode"] != "none")
+                                 multicast=self.multicast)
         now = time.monotonic()
         self.node = Node(address=self.address,
                          parent_domain=None if b["parent"] == "void" else b["parent"],
@@ -296,10 +301,21 @@ class MsdDaemon:
             raise MsdError(f"cannot bootstrap from {url}: {exc or type(exc).__name__}") from None
 
     async def _poll_urs(self) -> None:
-        """Refresh the bootstrap document: the parent's and our domain's designated MSD."""
+        """Report ourselves to the URS; its answer is the fresh bootstrap document."""
+        assert self._http is not None and self.election is not None
+        host, port = self.transport_address()
+        role = {Role.DESIGNATED: "designated", Role.CANDIDATE: "candidate"}.get(
+            self.election.role, "backup")
+        body = {"address": host, "port": port, "pid": os.getpid(), "role": role,
+                "ttl": max(1, round(3 * self.settings.heartbeat_s))}
+        url = f"{self.settings.urs_url}/bootstrap/msds/{self.msd_id}"
+        headers = {"Authorization": f"Bearer {self.settings.msd_key}"}
         try:
-            self.bootstrap = await self._fetch_bootstrap()
-        except MsdError as exc:
+            async with self._http.put(url, json=body, headers=headers) as response:
+                if response.status != 200:
+                    raise MsdError(f"{url} answered {response.status}")
+                self.bootstrap = await response.json()
+        except (MsdError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.counters.urs_errors += 1
             log.debug("URS poll failed: %s", exc)
             return
@@ -359,18 +375,25 @@ class MsdDaemon:
         tree = self.node.status() if self.node else {}
         children = ({name: f"{c.peer.host}:{c.peer.port}" for name, c in
                      sorted(self.node.children.items())} if self.node else {})
+        uptime = max(time.monotonic() - self._started, 1e-3)
+        control_bytes = sum(t.bytes_sent + t.bytes_received for t in traffic)
+        if self.node is not None:
+            # The core keeps monotonic time; people and other hosts want the wall clock.
+            tree["last_change"] = time.time() - (time.monotonic() - self.node.last_change)
         return {
             "name": self.domain,
             "msd": {"address": f"{host}:{port}", "pid": os.getpid(), "id": self.msd_id,
                     "role": "designated" if self.election.role is Role.DESIGNATED else "backup",
-                    "uptime_s": round(time.monotonic() - self._started, 1)},
+                    "uptime_s": round(uptime, 1)},
+            "msds": self.bootstrap.get("msds") or [],
             "designated": f"{host}:{port}" if self.node else None,
             "term": self.election.term,
             **tree,
             "child_addresses": children,
             "ancestors": [f"{a.domain}@{a.host}:{a.port}" for a in
                           (self.node.ancestors if self.node else ())],
-            "control_bytes": sum(t.bytes_sent + t.bytes_received for t in traffic),
+            "control_bytes": control_bytes,
+            "control_bytes_per_s": round(control_bytes / uptime, 1),
             "dropped": self.counters.dropped,
             "dropped_reasons": dict(self.counters.dropped_reasons),
             "heartbeat_s": self.settings.heartbeat_s,

@@ -18,7 +18,7 @@ import enum
 from collections.abc import Iterable
 from typing import Any
 
-from msd.keyspace import FULL, KeyRange, RoutingTable, split
+from msd.keyspace import FULL, SPACE, KeyRange, RoutingTable, split
 from msd.messages import (
     Assignment,
     CountReport,
@@ -234,6 +234,20 @@ class Node:
         hop = self.routes.lookup(key)
         return None if hop == self.domain else hop
 
+    def route_rows(self) -> list[dict[str, str | None]]:
+        """The routing table as rows covering the whole space: the default route appears as
+        the rows outside our range (next hop: the parent, or None where nobody is known)."""
+        rows: list[dict[str, str | None]] = []
+        position = 0
+        for rng, hop in self.routes.rows:
+            if rng.start > position:
+                rows.append(_row(KeyRange(position, rng.start), self.routes.default))
+            rows.append(_row(rng, hop))
+            position = rng.end
+        if position < SPACE:
+            rows.append(_row(KeyRange(position, SPACE), self.routes.default))
+        return rows
+
     def status(self) -> dict[str, Any]:
         """The tree as this node sees it, for `mdns status`."""
         return {
@@ -249,7 +263,7 @@ class Node:
             },
             "count": self.count,
             "ranges": [self.owned.to_json()],
-            "routes": self.routes.to_json(),
+            "routes": self.route_rows(),
             "route_switches": self.route_switches,
             "last_change": self.last_change,
             "generation": self.generation,
@@ -505,3 +519,8 @@ class Node:
             self.routes = table
             self.route_switches += 1
             self.last_change = now
+
+
+def _row(rng: KeyRange, hop: str | None) -> dict[str, str | None]:
+    start, end = rng.to_json()
+    return {"start": start, "end": end, "next": hop}

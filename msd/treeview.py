@@ -50,7 +50,7 @@ def route(domains: Mapping[str, Mapping[str, Any]], key: int, *, start: str) -> 
         if domain is None or current in seen:
             return None
         seen.add(current)
-        hop = _lookup(domain.get("routes", {}), key)
+        hop = _lookup(domain.get("routes", []), key)
         if hop is None or hop == current:
             owns = any(key in KeyRange.from_json(pair) for pair in domain.get("ranges", []))
             return current if owns else None
@@ -91,9 +91,9 @@ def skew(domains: Sequence[Mapping[str, Any]]) -> float:
     return max(abs(shares.get(d["name"], 0) / SPACE - 1 / n) for d in domains)
 
 
-def _lookup(routes: Mapping[str, Any], key: int) -> str | None:
-    for row in routes.get("rows", []):
+def _lookup(rows: Sequence[Mapping[str, Any]], key: int) -> str | None:
+    """The next hop of the row that holds `key` (rows cover the space; None: no next hop)."""
+    for row in rows:
         if int(row["start"], 16) <= key < int(row["end"], 16):
-            return str(row["next"])
-    default = routes.get("default")
-    return str(default) if default else None
+            return str(row["next"]) if row["next"] else None
+    return None

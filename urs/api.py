@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
@@ -19,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from msd.schema import FieldError, Session, SessionRecord, field_errors
-from urs.bootstrap import BootstrapService, DesignatedUpdate, ParentLocator
+from urs.bootstrap import BootstrapService, DesignatedUpdate, MemberUpdate, ParentLocator
 from urs.errors import (
     IdTakenError,
     SessionNotFoundError,
@@ -45,6 +46,7 @@ M3U = "audio/x-mpegurl"
 RECORD_OFFERS = (JSON, SDP, HTML)
 FORMATS = {"json": JSON, "sdp": SDP, "html": HTML, "m3u": M3U}
 TOKEN_MAX_CHARS = 256
+MSD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,6 +104,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/bootstrap", bootstrap_document)
     app.router.add_get("/bootstrap/designated", designated_get)
     app.router.add_put("/bootstrap/designated", designated_put)
+    app.router.add_put("/bootstrap/msds/{msd_id}", member_put)
     app.router.add_get("/{id}", resolve)
     app.router.add_put("/{id}", replace)
 
@@ -235,20 +238,45 @@ async def designated_get(request: web.Request) -> web.Response:
     return web.json_response(await request.app[CONTEXT].bootstrap.own_designated())
 
 
-async def designated_put(request: web.Request) -> web.Response:
-    """PUT /bootstrap/designated: the elected MSD announces itself, with the domain's MSD key."""
-    context = request.app[CONTEXT]
-    key = context.settings.msd_key
+def _check_msd_key(request: web.Request, *, what: str) -> None:
+    """MSD → URS calls carry the domain's MSD key as a bearer token."""
+    key = request.app[CONTEXT].settings.msd_key
     token = _bearer_token(request)
     if key is None:
-        _reject_auth(403, "designated-MSD updates are disabled on this URS (no msd_key set)")
+        _reject_auth(403, f"{what} updates are disabled on this URS (no msd_key set)")
     if token is None:
-        log.warning("refused designated update from %s: no bearer key", request.remote)
+        log.warning("refused %s update from %s: no bearer key", what, request.remote)
         _reject_auth(401, "the MSD key is required (Authorization: Bearer <msd_key>)",
                      headers={"WWW-Authenticate": 'Bearer realm="urs"'})
     if not secrets.compare_digest(token.encode(), key.encode()):
-        log.warning("refused designated update from %s: wrong key", request.remote)
+        log.warning("refused %s update from %s: wrong key", what, request.remote)
         _reject_auth(403, "wrong MSD key")
+
+
+async def member_put(request: web.Request) -> web.Response:
+    """PUT /bootstrap/msds/<msd_id>: an MSD daemon reports itself; answers the bootstrap document.
+
+    One request per heartbeat does both jobs of a daemon's URS poll: stay listed, and
+    learn the designated MSDs of this domain and of the parent.
+    """
+    context = request.app[CONTEXT]
+    _check_msd_key(request, what="MSD member")
+    msd_id = request.match_info["msd_id"]
+    if not MSD_ID_PATTERN.fullmatch(msd_id):
+        raise RequestRejected(422, [FieldError(field="msd_id", message=(
+            "msd_id must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_'"))], reason="invalid")
+    try:
+        update = MemberUpdate.model_validate(await _read_json(request))
+    except ValidationError as exc:
+        raise RequestRejected(422, field_errors(exc), reason="invalid") from None
+    await context.bootstrap.set_member(msd_id, update)
+    return web.json_response(await context.bootstrap.document())
+
+
+async def designated_put(request: web.Request) -> web.Response:
+    """PUT /bootstrap/designated: the elected MSD announces itself, with the domain's MSD key."""
+    context = request.app[CONTEXT]
+    _check_msd_key(request, what="designated-MSD")
     data = await _read_json(request)
     try:
         update = DesignatedUpdate.model_validate(data)

@@ -13,15 +13,15 @@ import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from urs.errors import UrsError
 from urs.metrics import UrsMetrics
 from urs.settings import GroupPort, UrsSettings
-from urs.store import Designated, SessionStore
+from urs.store import Designated, Member, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +66,41 @@ class DnsParentLocator:
         return location.base_url
 
 
+def _unicast_address(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"address {value!r} is not an IPv4 or IPv6 address") from None
+    if address.is_multicast or address.is_unspecified:
+        raise ValueError(f"address {value} must be a unicast address")
+    return str(address)
+
+
+UnicastAddress = Annotated[str, AfterValidator(_unicast_address)]
+
+
 class DesignatedUpdate(BaseModel):
     """Body of PUT /bootstrap/designated: the elected MSD announces itself."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    address: str
+    address: UnicastAddress
     port: Annotated[StrictInt, Field(ge=1, le=65535)]
     term: Annotated[StrictInt, Field(ge=0, le=TERM_MAX)]
     ttl: Annotated[StrictInt, Field(ge=DESIGNATED_TTL_MIN, le=DESIGNATED_TTL_MAX)]
 
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, value: str) -> str:
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"address {value!r} is not an IPv4 or IPv6 address") from None
-        if address.is_multicast or address.is_unspecified:
-            raise ValueError(f"address {value} must be a unicast address")
-        return str(address)
+
+class MemberUpdate(BaseModel):
+    """Body of PUT /bootstrap/msds/<msd_id>: one MSD daemon reports itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    address: UnicastAddress
+    port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    pid: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+    role: Literal["designated", "candidate", "backup"]
+    ttl: Annotated[StrictInt, Field(ge=DESIGNATED_TTL_MIN, le=DESIGNATED_TTL_MAX)]
+
 
 
 class _DesignatedView(BaseModel):
@@ -153,6 +168,8 @@ class BootstrapService:
             "anycast": _channel(settings.anycast),
             "multicast_mode": settings.multicast_mode.value,
             "designated": own.to_json() if own is not None else None,
+            "msds": [m.to_json() for m in await self._store.members(settings.domain,
+                                                                     now=self._clock())],
             "parent_designated": parent.designated,
             "parent_error": parent.error,
         }
@@ -164,6 +181,12 @@ class BootstrapService:
             "domain": self._settings.domain,
             "designated": own.to_json() if own is not None else None,
         }
+
+    async def set_member(self, msd_id: str, update: MemberUpdate) -> None:
+        """PUT /bootstrap/msds/<msd_id>: refresh one daemon's entry (soft state)."""
+        member = Member(msd_id=msd_id, address=update.address, port=update.port,
+                        pid=update.pid, role=update.role, expires_at=self._clock() + update.ttl)
+        await self._store.set_member(self._settings.domain, member)
 
     async def set_designated(self, update: DesignatedUpdate) -> Designated:
         """PUT /bootstrap/designated; TermConflictError if a higher term holds the entry."""

@@ -45,6 +45,7 @@ from urs.errors import (
     TokenRejectedError,
 )
 
+MEMBERS_MAX = 64  # MSD daemons listed per domain (entries expire; listing is bounded)
 # Writers wait this long for SQLite's lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -73,6 +74,37 @@ designated = Table(
     Column("updated_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+
+# Every MSD daemon of a domain refreshes its entry here (soft state), so `mdns status`
+# can list designated and backup daemons alike.
+msd_members = Table(
+    "msd_members",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("msd_id", String(64), primary_key=True),
+    Column("address", String(45), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Member:
+    """One MSD daemon of a domain as it last reported itself."""
+
+    msd_id: str
+    address: str
+    port: int
+    pid: int
+    role: str
+    expires_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.msd_id, "address": f"{self.address}:{self.port}", "pid": self.pid,
+                "role": self.role, "expires_at": self.expires_at}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -226,6 +258,7 @@ class SessionStore:
         async with self._translate("purge"), self._engine.begin() as conn:
             result = await conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
             await conn.execute(delete(designated).where(designated.c.expires_at <= now))
+            await conn.execute(delete(msd_members).where(msd_members.c.expires_at <= now))
         return int(result.rowcount)
 
     async def count_active(self, domain: str, *, now: float) -> int:
@@ -263,6 +296,29 @@ class SessionStore:
                 current_term=term,
             ) from None
         return entry
+
+    async def set_member(self, domain: str, member: Member) -> None:
+        """Insert or refresh one MSD daemon's entry."""
+        values = dataclasses.asdict(member)
+        async with self._translate("set member"), self._engine.begin() as conn:
+            result = await conn.execute(
+                update(msd_members)
+                .where(msd_members.c.domain == domain, msd_members.c.msd_id == member.msd_id)
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                await conn.execute(insert(msd_members).values(domain=domain, **values))
+
+    async def members(self, domain: str, *, now: float) -> list[Member]:
+        """The domain's MSD daemons whose entries have not expired, by address."""
+        query = (select(msd_members)
+                 .where(msd_members.c.domain == domain, msd_members.c.expires_at > now)
+                 .order_by(msd_members.c.address, msd_members.c.port)
+                 .limit(MEMBERS_MAX))
+        async with self._translate("get members"), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Member(msd_id=r.msd_id, address=r.address, port=r.port, pid=r.pid, role=r.role,
+                       expires_at=r.expires_at) for r in rows]
 
     async def get_designated(self, domain: str, *, now: float) -> Designated | None:
         query = select(

@@ -72,6 +72,7 @@ class Hierarchy:
         heartbeat_s: float = 1.0,
         alpha: float = 0.1,
         beta: float = 0.1,
+        multicast_blocked: Sequence[str] = (),
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
@@ -85,6 +86,10 @@ class Hierarchy:
         self.msd_in_process = msd_in_process
         self.heartbeat_s = heartbeat_s
         self.alpha, self.beta = alpha, beta
+        self.multicast_blocked = frozenset(multicast_blocked)
+        unknown = self.multicast_blocked - {c.domain for c in self._configs}
+        if unknown:
+            raise VdnsError(f"no such domain to block multicast for: {', '.join(sorted(unknown))}")
         self.domains: dict[str, RunningDomain] = {}
 
     def __repr__(self) -> str:
@@ -127,7 +132,8 @@ class Hierarchy:
                 urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
                 hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
-                in_process=self.msd_in_process)
+                in_process=self.msd_in_process,
+                multicast=running.config.domain not in self.multicast_blocked)
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
 

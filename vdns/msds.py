@@ -35,6 +35,7 @@ class MsdLaunch:
     alpha: float = 0.1
     beta: float = 0.1
     in_process: bool = False
+    multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
 
 
 class _Daemon:
@@ -67,7 +68,7 @@ class _Daemon:
                 msd_key=launch.msd_key_file.read_text().strip(),
                 hierarchy_key=launch.hierarchy_key_file.read_bytes().strip(),
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
-                alpha=launch.alpha, beta=launch.beta))
+                alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast))
             self.task = asyncio.create_task(self.daemon.run(self._stop),
                                             name=f"msd {self.domain} #{self.index}")
             return
@@ -82,6 +83,7 @@ class _Daemon:
                 "--priority", str(priority),
                 "--heartbeat", str(launch.heartbeat_s),
                 "--alpha", str(launch.alpha), "--beta", str(launch.beta),
+                *([] if launch.multicast else ["--no-multicast"]),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             )
 

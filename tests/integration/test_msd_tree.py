@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -128,6 +131,8 @@ async def test_backup_is_designated_when_the_designated_dies(tmp_path: Path) -> 
         msds = hierarchy.domains[leaf].msds
         assert msds is not None
         before = {s["name"]: s for s in await _statuses(hierarchy)}[leaf]
+        assert sorted(m["role"] for m in before["msds"]) == ["backup", "designated"]
+        assert {m["pid"] for m in before["msds"]} == {os.getpid()}  # in-process daemons
         designated = next(i for i, d in enumerate(msds.daemons)
                           if d.daemon is not None and d.daemon.node is not None)
         await msds.kill(designated)
@@ -144,5 +149,51 @@ async def test_backup_is_designated_when_the_designated_dies(tmp_path: Path) -> 
         after = {s["name"]: s for s in statuses}[leaf]
         assert after["term"] > before["term"]
         await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)
+    finally:
+        await hierarchy.close()
+
+
+async def test_a_domain_whose_multicast_is_blocked_is_served_by_unicast(tmp_path: Path) -> None:
+    leaf = LEAVES[0]
+    hierarchy = await _start(tmp_path, "scenario1", multicast_blocked=[leaf])
+    try:
+        statuses = await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)
+        by_name = {s["name"]: s for s in statuses}
+        assert by_name[leaf]["links"] == {MIDDLE: "unicast"}
+        assert by_name[MIDDLE]["links"][leaf] == "unicast"
+        assert by_name[MIDDLE]["links"][LEAVES[1]] == "multicast"
+        assert not summary(statuses, keys=1_000)["routing_problems"]
+    finally:
+        await hierarchy.close()
+
+
+async def test_hostile_datagrams_are_dropped_counted_and_crash_nothing(tmp_path: Path) -> None:
+    hierarchy = await _start(tmp_path, "scenario2")
+    try:
+        statuses = await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)
+        root = hierarchy.root.config
+        targets = [(root.cmcast, root.cm_port), (root.local_mcast, root.local_mcast_port)]
+        targets += [tuple(s["designated"].rsplit(":", 1)) for s in statuses[:3]]
+        rng = random.Random(3)
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                              socket.inet_aton("127.0.0.1"))
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            for i in range(600):
+                host, port = targets[i % len(targets)]
+                junk = rng.randbytes(rng.randrange(0, 1400))
+                if i % 3 == 0:  # a valid-looking header with a bad tag
+                    junk = b"MS\x01\x01" + len(junk).to_bytes(2, "big") + junk
+                sender.sendto(junk, (host, int(port)))
+                sent += 1
+        await asyncio.sleep(HB)
+        statuses = await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=10)
+        dropped = sum(s["dropped"] for s in statuses)
+        assert dropped >= sent // len(targets)  # every domain that heard them counted them
+        reasons = {r for s in statuses for r in s["dropped_reasons"]}
+        assert reasons <= {"MalformedMessage", "BadSignature", "UnknownVersion", "UnknownKind",
+                           "OversizedMessage"}
+        assert not summary(statuses, keys=500)["routing_problems"]
     finally:
         await hierarchy.close()

@@ -63,9 +63,58 @@ async def test_root_bootstrap_document(root: Client) -> None:
         "anycast": {"group": "127.0.0.1", "port": 2004},
         "multicast_mode": "asm",
         "designated": None,
+        "msds": [],
         "parent_designated": None,
         "parent_error": None,
     }
+
+
+MEMBER = {"address": "127.0.0.1", "port": 40001, "pid": 4242, "role": "backup", "ttl": 3}
+
+
+async def test_members_report_themselves_and_get_the_bootstrap_document(
+    root: Client, clock: FakeClock
+) -> None:
+    response = await root.put("/bootstrap/msds/msd-a", json=MEMBER, headers=bearer(MSD_KEY))
+    assert response.status == 200
+    document = await response.json()
+    assert document["domain"] == ROOT_DOMAIN and document["multicast_mode"] == "asm"
+    assert document["msds"] == [{"id": "msd-a", "address": "127.0.0.1:40001", "pid": 4242,
+                                 "role": "backup", "expires_at": clock.now + 3}]
+    await root.put("/bootstrap/msds/msd-b", json=MEMBER | {"port": 40002, "role": "designated"},
+                   headers=bearer(MSD_KEY))
+    await root.put("/bootstrap/msds/msd-a", json=MEMBER | {"role": "candidate"},
+                   headers=bearer(MSD_KEY))
+    listed = (await (await root.get("/bootstrap")).json())["msds"]
+    assert [(m["id"], m["role"]) for m in listed] == [("msd-a", "candidate"),
+                                                      ("msd-b", "designated")]
+    clock.advance(3)  # soft state: a daemon that stops reporting drops out
+    assert (await (await root.get("/bootstrap")).json())["msds"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "field"),
+    [
+        ("/bootstrap/msds/msd-a", MEMBER, {}, 401, "request"),
+        ("/bootstrap/msds/msd-a", MEMBER, {"Authorization": "Bearer wrong-key-wrong-key"}, 403,
+         "request"),
+        ("/bootstrap/msds/bad%20id", MEMBER, None, 422, "msd_id"),
+        ("/bootstrap/msds/msd-a", MEMBER | {"role": "king"}, None, 422, "role"),
+        ("/bootstrap/msds/msd-a", MEMBER | {"address": "239.1.1.1"}, None, 422, "address"),
+        ("/bootstrap/msds/msd-a", MEMBER | {"ttl": 0}, None, 422, "ttl"),
+        ("/bootstrap/msds/msd-a", MEMBER | {"pid": "1"}, None, 422, "pid"),
+    ],
+)
+async def test_member_reports_are_checked_and_change_nothing_when_refused(
+    root: Client, path: str, body: dict[str, Any], headers: dict[str, str] | None,
+    status: int, field: str,
+) -> None:
+    response = await root.put(path, json=body,
+                              headers=bearer(MSD_KEY) if headers is None else headers)
+    assert response.status == status
+    errors = (await response.json())["errors"]
+    assert errors[0]["field"] == field or status in (401, 403)
+    assert (await (await root.get("/bootstrap")).json())["msds"] == []
 
 
 def test_settings_from_an_mds_file(tmp_path: Path) -> None:
