@@ -178,14 +178,18 @@ def split(rng: KeyRange, weights: Sequence[int]) -> list[KeyRange]:
     gap or overlap and each is within one key of its exact proportional size.
     """
     _check_weights(weights)
+    return _pieces(rng, split_bounds(rng.start, rng.size, weights), what="split")
+
+
+def split_bounds(start: int, size: int, weights: Sequence[int]) -> list[int]:
+    """The arithmetic of `split` alone: every piece's end, for weights already checked."""
     total = sum(weights)
-    size = rng.size
     bounds: list[int] = []
     cumulative = 0
     for weight in weights:
         cumulative += weight
-        bounds.append(rng.start + size * cumulative // total)
-    return _pieces(rng, bounds, what="split")
+        bounds.append(start + size * cumulative // total)
+    return bounds
 
 
 def msb_split(rng: KeyRange, weights: Sequence[int]) -> list[KeyRange]:
