@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--msds", type=int, default=1, metavar="K",
                         help="MSD daemons (processes) per domain; 0 runs DNS and URS only "
                              "(default 1)")
+    up_cmd.add_argument("--interface", default="127.0.0.1", metavar="ADDR",
+                        help="the interface address the MSDs' multicast and unicast use "
+                             "(default 127.0.0.1)")
     up_cmd.add_argument("--block-multicast", action="append", default=[], metavar="DOMAIN",
                         help="run DOMAIN's MSDs as on a host whose multicast is blocked "
                              "(repeatable)")
@@ -199,6 +202,7 @@ def _up(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         msds=args.msds,
         multicast_blocked=args.block_multicast,
+        interface=args.interface,
         heartbeat_s=args.heartbeat,
         alpha=args.alpha,
         beta=args.beta,

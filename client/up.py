@@ -55,6 +55,7 @@ async def run_up(
     out: TextIO,
     msds: int = 0,
     multicast_blocked: Sequence[str] = (),
+    interface: str = "127.0.0.1",
     heartbeat_s: float = 1.0,
     alpha: float = 0.1,
     beta: float = 0.1,
@@ -69,7 +70,7 @@ async def run_up(
     data_dir.mkdir(parents=True, exist_ok=True)
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
                           ephemeral_ports=ephemeral_ports, msds=msds, heartbeat_s=heartbeat_s,
-                          multicast_blocked=multicast_blocked,
+                          multicast_blocked=multicast_blocked, interface=interface,
                           alpha=alpha, beta=beta)
     stop = stop or _stop_on_signals()
     try:
@@ -164,7 +165,9 @@ def _print_summary(
     width = max(len(d.config.domain) for d in domains)
     root = hierarchy.root
     dns = f"127.0.0.1:{root.config.self_port}"
-    print(f"\nmdns up: {len(domains)} domains answering (data in {data_dir})\n", file=out)
+    msds = (f", {hierarchy.msds} MSD daemon{'s' if hierarchy.msds > 1 else ''} each"
+            if hierarchy.msds else "")
+    print(f"\nmdns up: {len(domains)} domains answering{msds} (data in {data_dir})\n", file=out)
     print(f"  {'domain'.ljust(width)}  {'DNS':<16}  URS", file=out)
     for d in domains:
         print(f"  {d.config.domain.ljust(width)}  127.0.0.1:{d.config.self_port:<6}  {d.urs_url}",
@@ -183,6 +186,8 @@ def _print_summary(
               "\"group\": \"239.255.0.1\", \"port\": 5004}'", file=out)
         print(f"  {mdns} resolve {deepest.config.mcast_name}/demo --dns {dns}", file=out)
     print(f"  curl {deepest.urs_url}/bootstrap", file=out)
+    if hierarchy.msds:
+        print(f"  {mdns} status --domain {deepest.config.domain} --dns {dns}", file=out)
     if registered:
         print(f"Owner tokens (for PUT): {data_dir / 'tokens.json'}", file=out)
     print("Stop with Ctrl-C.", file=out, flush=True)

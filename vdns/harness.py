@@ -73,6 +73,7 @@ class Hierarchy:
         alpha: float = 0.1,
         beta: float = 0.1,
         multicast_blocked: Sequence[str] = (),
+        interface: str = "127.0.0.1",
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
@@ -86,6 +87,7 @@ class Hierarchy:
         self.msd_in_process = msd_in_process
         self.heartbeat_s = heartbeat_s
         self.alpha, self.beta = alpha, beta
+        self.interface = interface
         self.multicast_blocked = frozenset(multicast_blocked)
         unknown = self.multicast_blocked - {c.domain for c in self._configs}
         if unknown:
@@ -132,7 +134,7 @@ class Hierarchy:
                 urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
                 hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
-                in_process=self.msd_in_process,
+                in_process=self.msd_in_process, interface=self.interface,
                 multicast=running.config.domain not in self.multicast_blocked)
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
@@ -174,14 +176,16 @@ class Hierarchy:
         return runner
 
     async def wait_ready(self, *, timeout: float = 10.0) -> None:
-        """Return once every DNS server and URS answers; raise VdnsError naming the laggards."""
+        """Return once every DNS server and URS answers, and (with MSDs) every domain has a
+        designated MSD; raise VdnsError naming the laggards."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pending = dict(self.domains)
         async with ClientSession(timeout=ClientTimeout(total=2)) as http:
             while pending:
                 for name, domain in list(pending.items()):
-                    if await _dns_answers(domain) and await _urs_answers(http, domain):
+                    if (await _dns_answers(domain) and await _urs_answers(http, domain)
+                            and (not self.msds or await _has_designated(http, domain))):
                         del pending[name]
                 if not pending:
                     return
@@ -256,6 +260,14 @@ async def _dns_answers(domain: RunningDomain) -> bool:
     except (dns.exception.DNSException, OSError):
         return False
     return bool(reply.answer)
+
+
+async def _has_designated(http: ClientSession, domain: RunningDomain) -> bool:
+    try:
+        async with http.get(f"{domain.urs_url}/bootstrap/designated") as response:
+            return response.status == 200 and (await response.json()).get("designated") is not None
+    except (ClientError, TimeoutError, ValueError):
+        return False
 
 
 async def _urs_answers(http: ClientSession, domain: RunningDomain) -> bool:

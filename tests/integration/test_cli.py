@@ -89,6 +89,34 @@ def test_up_registers_the_samples_and_resolve_finds_them(demo: Demo) -> None:
     assert "a=source-filter: incl IN IP4 232.1.1.1 10.1.2.3" in sdp_file.read_text()
 
 
+def test_status_shows_the_settled_tree_of_msd_processes(demo: Demo) -> None:
+    """`mdns up` runs one MSD process per domain; `mdns status` walks their tree."""
+    deadline = time.monotonic() + 20
+    while True:
+        result = _mdns("status", "--domain", "cise.ufl.edu", "--dns",
+                       f"127.0.0.1:{demo.dns_port}", "--json", "--keys", "1000")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        checks, domains = report["checks"], report["domains"]
+        root = next((d for d in domains if d["name"] == "edu"), {})
+        if root.get("count") == 4 and not checks["tiling_problems"]:
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.5)
+    assert checks["routing_problems"] == [] and checks["skew"] < 1e-6
+    assert {d["name"] for d in domains} == {"edu", "ufl.edu", "mit.edu", "cise.ufl.edu"}
+    for domain in domains:
+        assert {"name", "designated", "term", "parent", "children", "links", "count", "ranges",
+                "routes", "control_bytes", "route_switches", "last_change", "dropped",
+                "heartbeat_s", "msds"} <= set(domain)
+        assert [m["role"] for m in domain["msds"]] == ["designated"]
+        assert domain["msds"][0]["pid"] not in (None, demo.process.pid)  # its own process
+    tree = _mdns("status", "--domain", "mit.edu", "--dns", f"127.0.0.1:{demo.dns_port}")
+    assert tree.returncode == 0
+    assert "ranges tile the space: yes" in tree.stdout
+    assert re.search(r"^  ufl\.edu .*\n    cise\.ufl\.edu ", tree.stdout, re.M), tree.stdout
+
+
 def test_up_stops_cleanly_on_sigterm(demo: Demo) -> None:
     process = demo.process
     process.send_signal(signal.SIGTERM)
