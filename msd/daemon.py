@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from msd.channels import Channel, UdpTransport
 from msd.codec import CodecError, decode, encode
@@ -36,6 +37,7 @@ from msd.election import (
 from msd.errors import MsdError
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Announce, Claim, Message, Peer
+from msd.metrics import metrics_text
 from msd.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
@@ -412,7 +414,7 @@ async def run_daemon(**settings: Any) -> None:
 
 
 def status_app(daemon: MsdDaemon) -> web.Application:
-    """GET /status (JSON) and GET /health for one daemon."""
+    """GET /status (JSON), GET /metrics (Prometheus) and GET /health for one daemon."""
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(daemon.status())
@@ -420,7 +422,12 @@ def status_app(daemon: MsdDaemon) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "domain": daemon.domain})
 
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics_text(daemon.status),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     return app

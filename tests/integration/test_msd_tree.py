@@ -190,6 +190,15 @@ async def test_hostile_datagrams_are_dropped_counted_and_crash_nothing(tmp_path:
         await asyncio.sleep(HB)
         statuses = await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=10)
         dropped = sum(s["dropped"] for s in statuses)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://{statuses[0]['designated']}/metrics"
+        ) as response:
+            metrics = await response.text()
+        name = statuses[0]["name"]
+        line = f'msd_dropped_datagrams_total{{domain="{name}"}} '
+        scraped = next(float(row[len(line):]) for row in metrics.splitlines()
+                       if row.startswith(line))
+        assert scraped >= statuses[0]["dropped"] > 0  # the same counter, read later
         assert dropped >= sent // len(targets)  # every domain that heard them counted them
         reasons = {r for s in statuses for r in s["dropped_reasons"]}
         assert reasons <= {"MalformedMessage", "BadSignature", "UnknownVersion", "UnknownKind",
