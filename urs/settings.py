@@ -54,7 +54,7 @@ class UrsSettings:
     # One deadline for the whole parent lookup (DNS, connect, response).
     parent_timeout_s: float = 3.0
     # How long a parent answer (or failure) is reused: bootstrap polls must not fan out.
-    parent_cache_s: float = 5.0
+    parent_cache_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.domain or self.domain != self.domain.strip().lower().rstrip("."):

@@ -1,0 +1,381 @@
+"""The geo grid: 1° cells, their k-ary sub-cells, a never-missing cover and an exact near: index."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+from geopy.distance import ELLIPSOIDS, geodesic
+
+from msd.errors import MsdError
+
+ROWS = 180
+COLS = 360
+K = 2
+DEPTH = 5
+# Longest geodesic on WGS-84 (pole to pole along a meridian) is 20 003.93 km; a radius at or
+# beyond this reaches every point, so the cover is simply every cell.
+MAX_DISTANCE_KM = 20_004.0
+
+# One ellipsoid for the bounds and for the distance, taken from geopy so the two never drift.
+_A_KM: float = float(ELLIPSOIDS["WGS-84"][0])
+_F: float = float(ELLIPSOIDS["WGS-84"][2])
+_E2 = _F * (2.0 - _F)
+# Meridional radius of curvature is smallest at the equator: a(1 − e²). No path between two
+# latitudes is shorter than this radius times their difference (ds ≥ M·|dφ|).
+_M_MIN_KM = _A_KM * (1.0 - _E2)
+# Slack so float rounding in the bounds (~1e-15 relative) and geographiclib's ~15 nm error can
+# never push a point that is within the radius outside the cover: 1 mm plus one part in 1e9.
+_SLACK_KM = 1e-6
+_SLACK_REL = 1e-9
+_SLACK_DEG = 1e-9
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_MAX_K = 6  # k² children per level must fit one digit of _DIGITS
+_MAX_FINE = 1 << 40  # k**depth sub-rows per degree: beyond this a float latitude has no bits left
+
+_GEODESIC = geodesic(ellipsoid="WGS-84")
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+
+
+class GeoError(MsdError):
+    """A coordinate, radius, subdivision or cell key broke a rule of the geo grid."""
+
+
+class InvalidCoordinateError(GeoError):
+    """Latitude must be a finite number in [−90, 90] and longitude one in [−180, 180]."""
+
+
+class InvalidRadiusError(GeoError):
+    """A search radius must be a finite, non-negative number of kilometres."""
+
+
+class InvalidSubdivisionError(GeoError):
+    """The sub-cell tree needs 2 ≤ k ≤ 6 and depth ≥ 0 with k**depth ≤ 2**40."""
+
+
+class InvalidCellKeyError(GeoError):
+    """A cell key is 'row,col' (0 ≤ row < 180, 0 ≤ col < 360), a sub-cell key adds '/path'."""
+
+
+class UnknownGeoKeyError(GeoError):
+    """The geo index holds no point under this key."""
+
+
+def _number(value: object, what: str) -> float:
+    # bool is an int subclass; True as a latitude is always a bug upstream.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidCoordinateError(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidCoordinateError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def check_point(lat: float, lon: float) -> tuple[float, float]:
+    """The point as floats, or InvalidCoordinateError naming the coordinate out of range."""
+    la = _number(lat, "latitude")
+    lo = _number(lon, "longitude")
+    if not -90.0 <= la <= 90.0:
+        raise InvalidCoordinateError(f"latitude must be in [-90, 90] degrees, got {lat!r}")
+    if not -180.0 <= lo <= 180.0:
+        raise InvalidCoordinateError(f"longitude must be in [-180, 180] degrees, got {lon!r}")
+    return la, lo
+
+
+def _check_radius(km: float) -> float:
+    if isinstance(km, bool) or not isinstance(km, int | float) or not math.isfinite(km):
+        raise InvalidRadiusError(f"radius must be a finite number of km, got {km!r}")
+    if km < 0:
+        raise InvalidRadiusError(f"radius must be >= 0 km, got {km!r}")
+    return float(km)
+
+
+def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Geodesic distance on WGS-84 in km (geopy's, via geographiclib): the one exact distance."""
+    return float(_GEODESIC.measure(check_point(lat1, lon1), check_point(lat2, lon2)))
+
+
+# Rows and columns come from the same two expressions for points and for cover bounds; float
+# rounding is monotone, so a point inside a bound never lands in a cell outside it.
+def _row(lat: float) -> int:
+    return min(ROWS - 1, math.floor(lat + 90.0))  # lat = 90 joins the top row
+
+
+def _col(lon: float) -> int:
+    return math.floor(lon + 180.0) % COLS  # lon = 180 is lon = −180: column 0
+
+
+class Cell(NamedTuple):
+    """One 1° cell: row 0 starts at latitude −90, column 0 at longitude −180."""
+
+    row: int
+    col: int
+
+    @property
+    def key(self) -> str:
+        """The cell's SQL-indexable key, 'row,col'."""
+        return f"{self.row},{self.col}"
+
+
+def cell_of(lat: float, lon: float) -> Cell:
+    """The 1° cell holding the point (lat 90 → row 179; lon ±180 → column 0)."""
+    la, lo = check_point(lat, lon)
+    return Cell(_row(la), _col(lo))
+
+
+def cell_key(lat: float, lon: float) -> str:
+    """The 'row,col' key of the point's 1° cell."""
+    return cell_of(lat, lon).key
+
+
+def parse_cell_key(key: str) -> Cell:
+    """The cell named by a 'row,col' key."""
+    parts = key.split(",") if isinstance(key, str) else []
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise InvalidCellKeyError(f"a cell key is 'row,col' in decimal, got {key!r}")
+    row, col = int(parts[0]), int(parts[1])
+    if not (0 <= row < ROWS and 0 <= col < COLS):
+        raise InvalidCellKeyError(f"cell key {key!r} is outside 0 <= row < 180, 0 <= col < 360")
+    return Cell(row, col)
+
+
+def _check_tree(k: int, depth: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= _MAX_K:
+        raise InvalidSubdivisionError(f"k must be an integer in [2, {_MAX_K}], got {k!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise InvalidSubdivisionError(f"depth must be an integer >= 0, got {depth!r}")
+    if k**depth > _MAX_FINE:
+        raise InvalidSubdivisionError(f"k**depth must be <= 2**40, got {k}**{depth}")
+    return int(k**depth)
+
+
+@dataclass(frozen=True, slots=True)
+class SubCell:
+    """A leaf of a 1° cell's k-ary tree: each level halves (for k = 2) both axes.
+
+    Each path digit is ``k·dy + dx`` (base k², 0-9a-z), ``dy`` counting northward and ``dx``
+    eastward; for k = 2 that is 0 SW, 1 SE, 2 NW, 3 NE.
+    """
+
+    row: int
+    col: int
+    path: str
+    k: int = K
+
+    @property
+    def cell(self) -> Cell:
+        """The 1° cell this sub-cell lies in."""
+        return Cell(self.row, self.col)
+
+    @property
+    def key(self) -> str:
+        """'row,col/path': an ancestor's key is a prefix of its descendants' (SQL LIKE 'x/01%')."""
+        return f"{self.row},{self.col}/{self.path}"
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(south, west, north, east) in degrees."""
+        fy = fx = 0
+        for ch in self.path:
+            digit = _DIGITS.index(ch)
+            fy, fx = fy * self.k + digit // self.k, fx * self.k + digit % self.k
+        size = 1.0 / self.k ** len(self.path)
+        south, west = self.row - 90 + fy * size, self.col - 180 + fx * size
+        return south, west, south + size, west + size
+
+
+def subcell_of(lat: float, lon: float, *, k: int = K, depth: int = DEPTH) -> SubCell:
+    """The depth-level sub-cell of the point's 1° cell (k = 2, depth 5: 1/32°, ≈ 3.5 km)."""
+    n = _check_tree(k, depth)
+    la, lo = check_point(lat, lon)
+    row, col = _row(la), _col(lo)
+    # Clamped: lat 90 (top row), lon 180 (column 0) and a last-bit rounding across a cell edge.
+    fy = min(n - 1, max(0, math.floor((la - (row - 90)) * n)))
+    fx = min(n - 1, max(0, math.floor(((-180.0 if lo == 180.0 else lo) - (col - 180)) * n)))
+    digits = []
+    for level in range(depth - 1, -1, -1):
+        step = k**level
+        digits.append(_DIGITS[(fy // step % k) * k + fx // step % k])
+    return SubCell(row, col, "".join(digits), k)
+
+
+def subcell_key(lat: float, lon: float, *, k: int = K, depth: int = DEPTH) -> str:
+    """The 'row,col/path' key of the point's sub-cell."""
+    return subcell_of(lat, lon, k=k, depth=depth).key
+
+
+def parse_subcell_key(key: str, *, k: int = K) -> SubCell:
+    """The sub-cell named by a 'row,col/path' key of a k-ary tree."""
+    _check_tree(k, 0)
+    head, slash, path = key.partition("/") if isinstance(key, str) else ("", "", "")
+    if not slash or any(ch not in _DIGITS[: k * k] for ch in path):
+        raise InvalidCellKeyError(f"a sub-cell key is 'row,col/path' with base-{k * k} digits")
+    cell = parse_cell_key(head)
+    _check_tree(k, len(path))
+    return SubCell(cell.row, cell.col, path, k)
+
+
+def _parallel_radius_km(lat: float) -> float:
+    phi = math.radians(lat)
+    return _A_KM * math.cos(phi) / math.sqrt(1.0 - _E2 * math.sin(phi) ** 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """The 1° cells that can hold a point within a radius: rows × column ranges.
+
+    Two column ranges when the cover wraps at ±180°. Iterating yields :class:`Cell`;
+    :meth:`keys` yields their 'row,col' keys; ``everything`` says "no cell filter at all".
+    A store with integer row/col columns can also use the ranges as BETWEEN bounds.
+    """
+
+    rows: range
+    cols: tuple[range, ...]
+
+    @property
+    def everything(self) -> bool:
+        """True when the cover is the whole grid."""
+        return len(self) == ROWS * COLS
+
+    def __len__(self) -> int:
+        return len(self.rows) * sum(len(c) for c in self.cols)
+
+    def __iter__(self) -> Iterator[Cell]:
+        for row in self.rows:
+            for cols in self.cols:
+                for col in cols:
+                    yield Cell(row, col)
+
+    def __contains__(self, cell: object) -> bool:
+        if not isinstance(cell, tuple) or len(cell) != 2:
+            return False
+        return cell[0] in self.rows and any(cell[1] in cols for cols in self.cols)
+
+    def keys(self) -> Iterator[str]:
+        """The 'row,col' keys of the covered cells."""
+        return (cell.key for cell in self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """Lower bounds on the geodesic distance from one centre within one radius."""
+
+    lat: float
+    lon: float
+    km: float  # the radius with slack
+    p_min: float  # smallest parallel radius (km per radian of longitude) within the band
+    cover: Cover
+
+    def may_reach(self, lat: float, lon: float) -> bool:
+        """False only if the point is certainly farther than the radius.
+
+        Any path has ds² ≥ (M_min·dφ)² + (p_min·dλ)² while it stays in the band it cannot
+        leave within the radius, so by Minkowski its length is ≥ the hypot of the two sums.
+        """
+        dlon = abs(lon - self.lon) % 360.0
+        dlon = min(dlon, 360.0 - dlon)
+        bound = math.hypot(
+            _M_MIN_KM * math.radians(abs(lat - self.lat)), self.p_min * math.radians(dlon)
+        )
+        return bound <= self.km
+
+
+_ALL_COLS = (range(COLS),)
+_EVERYTHING = Cover(range(ROWS), _ALL_COLS)
+
+
+def _bounds(lat: float, lon: float, km: float) -> _Bounds:
+    la, lo = check_point(lat, lon)
+    reach = _check_radius(km) * (1.0 + _SLACK_REL) + _SLACK_KM
+    if reach >= MAX_DISTANCE_KM:
+        return _Bounds(la, lo, reach, 0.0, _EVERYTHING)
+    # The whole path stays within this many degrees of latitude of the centre.
+    dlat = math.degrees(reach / _M_MIN_KM) + _SLACK_DEG
+    south, north = la - dlat, la + dlat
+    rows = range(_row(max(-90.0, south)), _row(min(90.0, north)) + 1)
+    if south <= -90.0 or north >= 90.0:
+        # A pole is within reach: every longitude is, too (the path may go over the pole).
+        return _Bounds(la, lo, reach, 0.0, Cover(rows, _ALL_COLS))
+    p_min = _parallel_radius_km(max(abs(south), abs(north)))
+    dlon = math.degrees(reach / p_min) + _SLACK_DEG
+    first, last = math.floor(lo - dlon + 180.0), math.floor(lo + dlon + 180.0)
+    if dlon >= 180.0 or last - first + 1 >= COLS:
+        return _Bounds(la, lo, reach, p_min, Cover(rows, _ALL_COLS))
+    if first < 0:
+        cols: tuple[range, ...] = (range(first + COLS, COLS), range(0, last + 1))
+    elif last >= COLS:
+        cols = (range(first, COLS), range(0, last - COLS + 1))
+    else:
+        cols = (range(first, last + 1),)
+    return _Bounds(la, lo, reach, p_min, Cover(rows, cols))
+
+
+def cells_within(lat: float, lon: float, km: float) -> Cover:
+    """Every 1° cell that can hold a point within km (geodesic) of (lat, lon); never misses one.
+
+    A lat/lon box from the meridian and parallel radii of WGS-84, widened to all longitudes
+    when a pole is in reach and wrapped at ±180°. At most 180 × 360 cells; ``everything``
+    from 20 004 km up.
+    """
+    return _bounds(lat, lon, km).cover
+
+
+class GeoIndex(Generic[KeyT]):
+    """An in-memory sparse index of points by 1° cell, answering exact near: queries.
+
+    ``near`` costs O(min(cells in the cover, occupied cells)) to pick cells, one cheap lower
+    bound per point in them, and one geodesic (~60 µs) per point the bound cannot rule out:
+    the matches plus a thin rim around the circle. ``add`` and ``remove`` are O(1).
+    """
+
+    def __init__(self) -> None:
+        self._cells: dict[Cell, dict[KeyT, tuple[float, float]]] = {}
+        self._where: dict[KeyT, Cell] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+    def __repr__(self) -> str:
+        return f"GeoIndex(points={len(self._where)}, cells={len(self._cells)})"
+
+    def add(self, key: KeyT, lat: float, lon: float) -> None:
+        """Index the point under key, replacing any point the key had."""
+        point = check_point(lat, lon)  # before anything changes
+        cell = Cell(_row(point[0]), _col(point[1]))
+        if key in self._where:
+            self.remove(key)
+        self._cells.setdefault(cell, {})[key] = point
+        self._where[key] = cell
+
+    def remove(self, key: KeyT) -> None:
+        """Forget the key's point; UnknownGeoKeyError if there is none."""
+        cell = self._where.pop(key, None)
+        if cell is None:
+            raise UnknownGeoKeyError(f"no point is indexed under {key!r}")
+        points = self._cells[cell]
+        del points[key]
+        if not points:
+            del self._cells[cell]  # stay sparse
+
+    def near(self, lat: float, lon: float, km: float) -> list[tuple[KeyT, float]]:
+        """Exactly the (key, distance_km) whose geodesic distance is ≤ km, nearest first."""
+        bounds = _bounds(lat, lon, km)
+        cover = bounds.cover
+        if len(cover) <= len(self._cells):
+            buckets = [self._cells[c] for c in cover if c in self._cells]
+        else:
+            buckets = [points for c, points in self._cells.items() if c in cover]
+        found: list[tuple[KeyT, float]] = []
+        for points in buckets:
+            for key, (plat, plon) in points.items():
+                if bounds.may_reach(plat, plon):
+                    d = float(_GEODESIC.measure((bounds.lat, bounds.lon), (plat, plon)))
+                    if d <= km:
+                        found.append((key, d))
+        found.sort(key=lambda item: item[1])
+        return found

@@ -1,0 +1,552 @@
+"""The search query language: a pure tokenizer, parser and evaluator (docs/query.md)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Generic, Protocol, TypeVar
+
+from geopy.distance import geodesic
+
+from msd.errors import MsdError
+from msd.schema import KEYWORD_MAX, PLACE_MAX, Scope, StreamType
+
+# Limits (docs/query.md): every one bounds the work a single query can cause.
+QUERY_MAX_CHARS = 1024
+QUERY_MAX_KEYWORDS = 32  # keyword occurrences in the boolean expression
+QUERY_MAX_DEPTH = 16  # nesting of parentheses and NOT
+WITHIN_DEFAULT_KM = 100.0
+WITHIN_MAX_KM = 20_037.5  # half the Earth's circumference: every point is within it
+FILTERS = ("near", "within", "scope", "type", "mime")
+
+GRAMMAR = """\
+query    := term* ; keywords and filters separated by spaces
+expr     := and_expr ("OR" and_expr)*
+and_expr := unary (["AND"] unary)*        ; adjacent terms are ANDed
+unary    := ("NOT" | "-") unary | primary
+primary  := keyword | '"' keyword '"' | "(" expr ")"
+filter   := near:LAT,LON | near:PLACE | near:"PLACE NAME" | within:KM
+          | scope:local|global | type:rtp|udp | mime:TYPE/SUBTYPE
+
+Precedence: NOT binds tightest, then AND, then OR; parentheses group.
+Operators are case-insensitive (and, Or, NOT). `-jazz` is `NOT jazz`; quote a keyword
+that is an operator word or starts with '-' ("or", "-5"). Keywords are matched like the
+schema stores them: case-folded, 1-64 characters, no spaces, quotes, parentheses or ':'.
+
+Filters apply to the whole query: each at most once, outside parentheses, never
+negated or joined with AND/OR.
+  near:29.6,-82.3          decimal degrees, lat -90..90, lon -180..180
+  near:"Gainesville, FL"   a place from the offline gazetteer (city[, state/country])
+  within:50 | within:50km  kilometres from near:, 0 < KM <= 20037.5; default 100
+  scope:local|global       only sessions of this scope
+  type:rtp|udp             only this stream type
+  mime:video/MP2T          only this media type (case-insensitive)
+
+A query needs a keyword that is not negated: sessions are fetched per keyword, and NOT
+only removes sessions whose own keywords contain the word. Results are ranked by how
+many query keywords they carry, then by distance, then by title.
+Limits: 1024 characters, 32 keywords, 16 levels of parentheses and NOT.
+
+Examples:
+  jazz near:29.6,-82.3
+  jazz OR blues NOT (radio OR podcast) scope:global
+  lecture -recorded near:"Paris, France" within:20 type:rtp
+"""
+
+
+class QueryError(MsdError):
+    """A search query is malformed; the message says what to fix and at which column."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keyword:
+    """A keyword: true for a session whose own keyword list contains it."""
+
+    word: str
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    """True when every part is."""
+
+    parts: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    """True when any part is."""
+
+    parts: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    """True when its part is not."""
+
+    part: Expr
+
+
+Expr = Keyword | And | Or | Not
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: the boolean expression over keywords and the filters beside it."""
+
+    expr: Expr
+    near: tuple[float, float] | str | None = None
+    within_km: float = WITHIN_DEFAULT_KM
+    scope: Scope | None = None
+    stream_type: StreamType | None = None
+    mime: str | None = None
+
+
+class SessionLike(Protocol):
+    """What evaluate() reads of a session (msd.schema.SessionRecord offers it)."""
+
+    @property
+    def uri(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def keywords(self) -> Sequence[str]: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def stream_type(self) -> str: ...
+    @property
+    def mime(self) -> str: ...
+    @property
+    def lat(self) -> float | None: ...
+    @property
+    def lon(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=SessionLike)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit(Generic[S]):
+    """One search result: the session, the query keywords it carries, its distance."""
+
+    session: S
+    matched: tuple[str, ...]
+    distance_km: float | None
+
+
+class _Kind(Enum):
+    WORD = "word"
+    QUOTED = "quoted"
+    LPAREN = "("
+    RPAREN = ")"
+    AND = "AND"
+    OR = "OR"
+    NOT = "NOT"
+    FILTER = "filter"
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: _Kind
+    text: str
+    column: int  # 1-based, as people count
+    name: str = ""  # a filter's name
+
+
+_OPERATORS = {"and": _Kind.AND, "or": _Kind.OR, "not": _Kind.NOT}
+_BINARY = (_Kind.AND, _Kind.OR)
+_STOP = frozenset('()"')
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_COORDINATES = re.compile(rf"\s*({_NUMBER})\s*,\s*({_NUMBER})\s*")
+_LOOKS_NUMERIC = re.compile(r"[\d\s+\-.,]*\d[\d\s+\-.,]*")
+_WITHIN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:km)?", re.IGNORECASE)
+# RFC 6838 restricted-name, type "/" subtype, as msd/schema.py checks it.
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+_KEYWORD_FORBIDDEN = re.compile(r'[\s"():]')
+
+
+def _describe(token: _Token) -> str:
+    return f"{token.text!r} at column {token.column}"
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        char, column = text[i], i + 1
+        if char.isspace():
+            i += 1
+        elif char in "()":
+            tokens.append(_Token(_Kind(char), char, column))
+            i += 1
+        elif char == "-":
+            if i + 1 == n or text[i + 1].isspace() or text[i + 1] == ")":
+                raise QueryError(f"'-' at column {column} must stand right before a keyword "
+                                 "or '(' (write -jazz for NOT jazz)")
+            tokens.append(_Token(_Kind.NOT, "-", column))
+            i += 1
+        elif char == '"':
+            value, i = _quoted(text, i)
+            tokens.append(_Token(_Kind.QUOTED, value, column))
+        else:
+            start = i
+            while i < n and not text[i].isspace() and text[i] not in _STOP:
+                i += 1
+            word = text[start:i]
+            if ":" in word:
+                name, _, value = word.partition(":")
+                if not name:
+                    raise QueryError(f"':' at column {column}: keywords cannot contain ':'; "
+                                     f"filters are name:value ({', '.join(FILTERS)})")
+                if name.casefold() not in FILTERS:
+                    raise QueryError(f"unknown filter '{name}:' at column {column}; "
+                                     f"the filters are {', '.join(f + ':' for f in FILTERS)}")
+                if not value and i < n and text[i] == '"':
+                    value, i = _quoted(text, i)
+                tokens.append(_Token(_Kind.FILTER, value, column, name.casefold()))
+            else:
+                kind = _OPERATORS.get(word.casefold(), _Kind.WORD)
+                tokens.append(_Token(kind, word.upper() if kind != _Kind.WORD else word, column))
+            if i < n and text[i] == '"':
+                raise QueryError(f"the quote at column {i + 1} must start a new term; "
+                                 "put a space before it")
+    return tokens
+
+
+def _quoted(text: str, start: int) -> tuple[str, int]:
+    end = text.find('"', start + 1)
+    if end < 0:
+        raise QueryError(f"the quote at column {start + 1} is never closed; add a closing '\"'")
+    after = end + 1
+    if after < len(text) and not text[after].isspace() and text[after] != ")":
+        raise QueryError(f"put a space after the closing quote at column {end + 1}")
+    return text[start + 1 : end], after
+
+
+def _check_structure(tokens: list[_Token]) -> None:
+    """Balance parentheses and keep filters outside the boolean expression."""
+    opened: list[_Token] = []
+    for index, token in enumerate(tokens):
+        if token.kind == _Kind.LPAREN:
+            opened.append(token)
+        elif token.kind == _Kind.RPAREN:
+            if not opened:
+                raise QueryError(f"')' at column {token.column} has no matching '('")
+            opened.pop()
+        elif token.kind == _Kind.FILTER:
+            where = f"filter {token.name}: at column {token.column}"
+            if opened:
+                raise QueryError(f"{where} applies to the whole query: "
+                                 "move it outside the parentheses")
+            before = tokens[index - 1] if index else None
+            after = tokens[index + 1] if index + 1 < len(tokens) else None
+            if (before is not None and before.kind in (*_BINARY, _Kind.NOT)) or (
+                after is not None and after.kind in _BINARY
+            ):
+                raise QueryError(f"{where} cannot be joined with AND, OR or NOT: "
+                                 "filters always apply to the whole query")
+    if opened:
+        raise QueryError(f"'(' at column {opened[-1].column} is never closed; add a ')'")
+
+
+class _Parser:
+    """Recursive descent over the tokens of the boolean expression (filters removed)."""
+
+    def __init__(self, tokens: list[_Token]) -> None:
+        self.tokens = tokens
+        self.at = 0
+        self.keywords = 0
+
+    def peek(self) -> _Token | None:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def previous(self) -> _Token | None:
+        return self.tokens[self.at - 1] if self.at else None
+
+    def parse(self) -> Expr:
+        expr = self.or_expr(0)
+        if (token := self.peek()) is not None:  # only an unmatched ')' can be left over
+            raise QueryError(f"')' at column {token.column} has no matching '('")
+        return expr
+
+    def or_expr(self, depth: int) -> Expr:
+        parts = [self.and_expr(depth)]
+        while (token := self.peek()) is not None and token.kind == _Kind.OR:
+            self.at += 1
+            parts.append(self.and_expr(depth))
+        return parts[0] if len(parts) == 1 else Or(tuple(parts))
+
+    def and_expr(self, depth: int) -> Expr:
+        parts = [self.unary(depth)]
+        while (token := self.peek()) is not None and token.kind not in (_Kind.OR, _Kind.RPAREN):
+            if token.kind == _Kind.AND:
+                self.at += 1
+            parts.append(self.unary(depth))
+        return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+    def unary(self, depth: int) -> Expr:
+        token = self.peek()
+        if token is not None and token.kind in (_Kind.NOT, _Kind.LPAREN):
+            if depth >= QUERY_MAX_DEPTH:
+                raise QueryError(f"the query nests deeper than {QUERY_MAX_DEPTH} levels of "
+                                 f"parentheses and NOT at column {token.column}; simplify it")
+            if token.kind == _Kind.NOT:
+                self.at += 1
+                return Not(self.unary(depth + 1))
+        return self.primary(depth)
+
+    def primary(self, depth: int) -> Expr:
+        token, before = self.peek(), self.previous()
+        if token is None or token.kind in (*_BINARY, _Kind.RPAREN):
+            if before is not None and before.kind in (*_BINARY, _Kind.NOT):
+                raise QueryError(f"{_describe(before)} needs a term after it")
+            if before is not None and before.kind == _Kind.LPAREN and token is not None:
+                raise QueryError(f"empty parentheses at column {before.column}; "
+                                 "put a keyword inside or remove them")
+            assert token is not None  # the caller stops at the end and at ')' otherwise
+            raise QueryError(f"{_describe(token)} needs a term before it")
+        self.at += 1
+        if token.kind == _Kind.LPAREN:
+            expr = self.or_expr(depth + 1)
+            self.at += 1  # the ')' that _check_structure guarantees
+            return expr
+        self.keywords += 1
+        if self.keywords > QUERY_MAX_KEYWORDS:
+            raise QueryError(f"more than {QUERY_MAX_KEYWORDS} keywords (the next is at column "
+                             f"{token.column}); split the search into several queries")
+        return Keyword(_keyword(token))
+
+
+def _keyword(token: _Token) -> str:
+    word = token.text.strip().casefold()
+    where = f"at column {token.column}"
+    if not word:
+        raise QueryError(f"empty quotes {where}; put a keyword inside or remove them")
+    if token.kind == _Kind.QUOTED and any(c.isspace() for c in word):
+        raise QueryError(f"the quoted keyword {where} has spaces, but a keyword is one word; "
+                         "drop the quotes to search for each word")
+    if _KEYWORD_FORBIDDEN.search(word):
+        raise QueryError(f"keyword {token.text!r} {where} must be one word: "
+                         "no spaces, quotes, parentheses or ':'")
+    if len(word) > KEYWORD_MAX:
+        raise QueryError(f"the keyword {where} is longer than {KEYWORD_MAX} characters; "
+                         "no session can carry it")
+    return word
+
+
+@dataclass(slots=True)
+class _Filters:
+    near: tuple[float, float] | str | None = None
+    within_km: float = WITHIN_DEFAULT_KM
+    scope: Scope | None = None
+    stream_type: StreamType | None = None
+    mime: str | None = None
+
+
+def _apply_filter(token: _Token, filters: _Filters) -> None:
+    value, where = token.text.strip(), f"filter {token.name}: at column {token.column}"
+    if not value:
+        raise QueryError(f"{where} needs a value, e.g. {token.name}:{_EXAMPLES[token.name]}")
+    if token.name == "near":
+        if _LOOKS_NUMERIC.fullmatch(value):
+            filters.near = _coordinates(value, where=where)
+        elif len(value) > PLACE_MAX:
+            raise QueryError(f"{where}: a place name has at most {PLACE_MAX} characters")
+        else:
+            filters.near = value
+    elif token.name == "within":
+        match = _WITHIN.fullmatch(value)
+        km = float(match.group(1)) if match else -1.0
+        if not 0 < km <= WITHIN_MAX_KM:
+            raise QueryError(f"{where} must be kilometres, 0 < KM <= {WITHIN_MAX_KM} "
+                             f"(e.g. within:50); got {value!r}")
+        filters.within_km = km
+    elif token.name == "scope":
+        filters.scope = _choice(Scope, value, where=where)
+    elif token.name == "type":
+        filters.stream_type = _choice(StreamType, value, where=where)
+    elif _MIME.fullmatch(value):
+        filters.mime = value
+    else:
+        raise QueryError(f"{where} must be type/subtype, e.g. mime:video/MP2T; got {value!r}")
+
+
+_EXAMPLES = {"near": "29.6,-82.3", "within": "50", "scope": "local", "type": "rtp",
+             "mime": "video/MP2T"}
+
+E = TypeVar("E", Scope, StreamType)
+
+
+def _choice(enum: type[E], value: str, *, where: str) -> E:
+    try:
+        return enum(value.casefold())
+    except ValueError:
+        allowed = " or ".join(member.value for member in enum)
+        raise QueryError(f"{where} must be {allowed}; got {value!r}") from None
+
+
+def _coordinates(value: str, *, where: str) -> tuple[float, float]:
+    match = _COORDINATES.fullmatch(value)
+    if match is None:
+        raise QueryError(f"{where} must be LAT,LON in decimal degrees (e.g. near:29.6,-82.3) "
+                         f"or a place name; got {value!r}")
+    lat, lon = float(match.group(1)), float(match.group(2))
+    if not -90 <= lat <= 90:
+        raise QueryError(f"{where}: latitude {match.group(1)} is outside -90..90")
+    if not -180 <= lon <= 180:
+        raise QueryError(f"{where}: longitude {match.group(2)} is outside -180..180")
+    return lat, lon
+
+
+def parse(text: str) -> Query:
+    """Parse a search query; raise QueryError saying what to fix and where."""
+    if len(text) > QUERY_MAX_CHARS:
+        raise QueryError(f"the query is {len(text)} characters long; "
+                         f"the limit is {QUERY_MAX_CHARS}")
+    for index, char in enumerate(text):
+        if not char.isspace() and (ord(char) < 0x20 or ord(char) == 0x7F):
+            raise QueryError(f"control character U+{ord(char):04X} at column {index + 1}; "
+                             "remove it")
+    tokens = _tokenize(text)
+    if not tokens:
+        raise QueryError("the query is empty; give at least one keyword, e.g. jazz")
+    _check_structure(tokens)
+    filters = _Filters()
+    seen: dict[str, _Token] = {}
+    for token in (t for t in tokens if t.kind == _Kind.FILTER):
+        if token.name in seen:
+            raise QueryError(f"filter {token.name}: is given twice (columns "
+                             f"{seen[token.name].column} and {token.column}); give it once")
+        seen[token.name] = token
+        _apply_filter(token, filters)
+    if "within" in seen and "near" not in seen:
+        raise QueryError(f"filter within: at column {seen['within'].column} needs near: "
+                         '(near:LAT,LON or near:"place")')
+    terms = [t for t in tokens if t.kind != _Kind.FILTER]
+    if not terms:
+        raise QueryError("the query needs at least one keyword that is not negated "
+                         "(e.g. jazz near:29.6,-82.3): filters only narrow a keyword search")
+    expr = _Parser(terms).parse()
+    _check_fetchable(expr)
+    return Query(expr, near=filters.near, within_km=filters.within_km, scope=filters.scope,
+                 stream_type=filters.stream_type, mime=filters.mime)
+
+
+def _check_fetchable(expr: Expr) -> None:
+    # A session is found only through one of its keywords; a query that a session with none
+    # of the query's keywords satisfies would need the whole directory (docs/query.md).
+    if not _matches(expr, frozenset()):
+        return
+    if not positive_keywords(Query(expr)):
+        raise QueryError("the query needs at least one keyword that is not negated "
+                         "(e.g. 'jazz NOT blues'): sessions are fetched per keyword and "
+                         "NOT only removes some of them")
+    culprit = expr
+    while isinstance(culprit, Or):  # descend to the alternative that needs no keyword
+        culprit = next(p for p in culprit.parts if _matches(p, frozenset()))
+    raise QueryError(f"{format_expr(culprit)!r} matches sessions without any keyword of the "
+                     "query, which a per-keyword search cannot find; give every alternative "
+                     "a keyword that is not negated (e.g. 'rock NOT blues')")
+
+
+def format_expr(expr: Expr) -> str:
+    """The canonical text of an expression; parse() reads it back to the same tree."""
+    if isinstance(expr, Keyword):
+        word = expr.word
+        return f'"{word}"' if word in _OPERATORS or word.startswith("-") else word
+    if isinstance(expr, Not):
+        inner = format_expr(expr.part)
+        return f"NOT ({inner})" if isinstance(expr.part, And | Or) else f"NOT {inner}"
+    joiner, wrap = (" ", And | Or) if isinstance(expr, And) else (" OR ", Or)
+    return joiner.join(
+        f"({format_expr(part)})" if isinstance(part, wrap) else format_expr(part)
+        for part in expr.parts
+    )
+
+
+def positive_keywords(query: Query) -> list[str]:
+    """The keywords to fetch: those under an even number of NOTs, in query order."""
+    found: dict[str, None] = {}
+
+    def walk(expr: Expr, *, negated: bool) -> None:
+        if isinstance(expr, Keyword):
+            if not negated:
+                found.setdefault(expr.word)
+        elif isinstance(expr, Not):
+            walk(expr.part, negated=not negated)
+        else:
+            for part in expr.parts:
+                walk(part, negated=negated)
+
+    walk(query.expr, negated=False)
+    return list(found)
+
+
+def _matches(expr: Expr, words: frozenset[str]) -> bool:
+    if isinstance(expr, Keyword):
+        return expr.word in words
+    if isinstance(expr, Not):
+        return not _matches(expr.part, words)
+    if isinstance(expr, And):
+        return all(_matches(part, words) for part in expr.parts)
+    return any(_matches(part, words) for part in expr.parts)
+
+
+def _geodesic_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    return float(geodesic((lat1, lon1), (lat2, lon2)).km)
+
+
+def resolve_near(query: Query, *, geocode: Callable[[str], tuple[float, float] | None]) -> Query:
+    """Replace a near: place name by its coordinates (geocode: e.g. the offline gazetteer)."""
+    if not isinstance(query.near, str):
+        return query
+    point = geocode(query.near)
+    if point is None:
+        raise QueryError(f"near: place {query.near!r} is not in the gazetteer; try "
+                         "'City, State' or 'City, Country', or give near:LAT,LON")
+    return replace(query, near=point)
+
+
+def evaluate(
+    query: Query,
+    sessions_by_keyword: Mapping[str, Iterable[S]],
+    *,
+    geodesic_km: Callable[[float, float, float, float], float] | None = None,
+) -> list[Hit[S]]:
+    """Combine per-keyword answers: dedupe by uri, match, filter, rank (docs/query.md)."""
+    if isinstance(query.near, str):
+        raise ValueError("resolve the near: place to coordinates first (resolve_near)")
+    distance = geodesic_km or _geodesic_km
+    wanted = positive_keywords(query)
+    candidates: dict[str, S] = {}
+    for sessions in sessions_by_keyword.values():
+        for session in sessions:
+            candidates.setdefault(session.uri, session)
+    hits: list[Hit[S]] = []
+    for session in candidates.values():
+        words = frozenset(word.strip().casefold() for word in session.keywords)
+        if not _matches(query.expr, words) or not _passes_filters(query, session):
+            continue
+        km: float | None = None
+        if query.near is not None:
+            if session.lat is None or session.lon is None:
+                continue
+            km = distance(query.near[0], query.near[1], session.lat, session.lon)
+            if km > query.within_km:
+                continue
+        hits.append(Hit(session, tuple(w for w in wanted if w in words), km))
+    hits.sort(key=lambda hit: (-len(hit.matched), hit.distance_km or 0.0,
+                               hit.session.title.casefold(), hit.session.uri))
+    return hits
+
+
+def _passes_filters(query: Query, session: SessionLike) -> bool:
+    if query.scope is not None and str(session.scope).casefold() != query.scope.value:
+        return False
+    if query.stream_type is not None and (
+        str(session.stream_type).casefold() != query.stream_type.value
+    ):
+        return False
+    return query.mime is None or session.mime.casefold() == query.mime.casefold()
