@@ -258,58 +258,36 @@ class Cover:
         return (cell.key for cell in self)
 
 
-@dataclass(frozen=True, slots=True)
-class _Bounds:
-    """Lower bounds on the geodesic distance from one centre within one radius."""
-
-    lat: float
-    lon: float
-    km: float  # the radius with slack
-    p_min: float  # smallest parallel radius (km per radian of longitude) within the band
-    cover: Cover
-
-    def may_reach(self, lat: float, lon: float) -> bool:
-        """False only if the point is certainly farther than the radius.
-
-        Any path has ds² ≥ (M_min·dφ)² + (p_min·dλ)² while it stays in the band it cannot
-        leave within the radius, so by Minkowski its length is ≥ the hypot of the two sums.
-        """
-        dlon = abs(lon - self.lon) % 360.0
-        dlon = min(dlon, 360.0 - dlon)
-        bound = math.hypot(
-            _M_MIN_KM * math.radians(abs(lat - self.lat)), self.p_min * math.radians(dlon)
-        )
-        return bound <= self.km
-
-
 _ALL_COLS = (range(COLS),)
 _EVERYTHING = Cover(range(ROWS), _ALL_COLS)
 
 
-def _bounds(lat: float, lon: float, km: float) -> _Bounds:
-    la, lo = check_point(lat, lon)
-    reach = _check_radius(km) * (1.0 + _SLACK_REL) + _SLACK_KM
+def _reach(km: float) -> float:
+    return _check_radius(km) * (1.0 + _SLACK_REL) + _SLACK_KM
+
+
+def _cover(lat: float, lon: float, reach: float) -> Cover:
     if reach >= MAX_DISTANCE_KM:
-        return _Bounds(la, lo, reach, 0.0, _EVERYTHING)
-    # The whole path stays within this many degrees of latitude of the centre.
+        return _EVERYTHING
+    # No path is shorter than M_min times its change of latitude, so every point within reach
+    # (and every point of the path to it) lies within this band.
     dlat = math.degrees(reach / _M_MIN_KM) + _SLACK_DEG
-    south, north = la - dlat, la + dlat
+    south, north = lat - dlat, lat + dlat
     rows = range(_row(max(-90.0, south)), _row(min(90.0, north)) + 1)
     if south <= -90.0 or north >= 90.0:
         # A pole is within reach: every longitude is, too (the path may go over the pole).
-        return _Bounds(la, lo, reach, 0.0, Cover(rows, _ALL_COLS))
-    p_min = _parallel_radius_km(max(abs(south), abs(north)))
-    dlon = math.degrees(reach / p_min) + _SLACK_DEG
-    first, last = math.floor(lo - dlon + 180.0), math.floor(lo + dlon + 180.0)
+        return Cover(rows, _ALL_COLS)
+    # Inside the band a path covers at least its narrowest parallel radius per radian of
+    # longitude, and the narrowest parallel is at the band's more polar edge.
+    dlon = math.degrees(reach / _parallel_radius_km(max(-south, north))) + _SLACK_DEG
+    first, last = math.floor(lon - dlon + 180.0), math.floor(lon + dlon + 180.0)
     if dlon >= 180.0 or last - first + 1 >= COLS:
-        return _Bounds(la, lo, reach, p_min, Cover(rows, _ALL_COLS))
+        return Cover(rows, _ALL_COLS)
     if first < 0:
-        cols: tuple[range, ...] = (range(first + COLS, COLS), range(0, last + 1))
-    elif last >= COLS:
-        cols = (range(first, COLS), range(0, last - COLS + 1))
-    else:
-        cols = (range(first, last + 1),)
-    return _Bounds(la, lo, reach, p_min, Cover(rows, cols))
+        return Cover(rows, (range(first + COLS, COLS), range(0, last + 1)))
+    if last >= COLS:
+        return Cover(rows, (range(first, COLS), range(0, last - COLS + 1)))
+    return Cover(rows, (range(first, last + 1),))
 
 
 def cells_within(lat: float, lon: float, km: float) -> Cover:
@@ -319,19 +297,31 @@ def cells_within(lat: float, lon: float, km: float) -> Cover:
     when a pole is in reach and wrapped at ±180°. At most 180 × 360 cells; ``everything``
     from 20 004 km up.
     """
-    return _bounds(lat, lon, km).cover
+    la, lo = check_point(lat, lon)
+    return _cover(la, lo, _reach(km))
+
+
+def _ecef(lat: float, lon: float) -> tuple[float, float, float]:
+    """Earth-centred Cartesian coordinates in km, for the chord lower bound."""
+    phi, lam = math.radians(lat), math.radians(lon)
+    n = _A_KM / math.sqrt(1.0 - _E2 * math.sin(phi) ** 2)
+    across = n * math.cos(phi)
+    return across * math.cos(lam), across * math.sin(lam), n * (1.0 - _E2) * math.sin(phi)
+
+
+_Point = tuple[float, float, float, float, float]  # lat, lon, x, y, z
 
 
 class GeoIndex(Generic[KeyT]):
     """An in-memory sparse index of points by 1° cell, answering exact near: queries.
 
-    ``near`` costs O(min(cells in the cover, occupied cells)) to pick cells, one cheap lower
-    bound per point in them, and one geodesic (~60 µs) per point the bound cannot rule out:
-    the matches plus a thin rim around the circle. ``add`` and ``remove`` are O(1).
+    ``near`` costs O(min(cells in the cover, occupied cells)) to pick cells, one chord length
+    per point in them, and one geodesic (~60 µs) per point whose chord is within the radius:
+    the matches plus a rim of relative width ≈ (km / 2R)² / 6. ``add`` and ``remove`` are O(1).
     """
 
     def __init__(self) -> None:
-        self._cells: dict[Cell, dict[KeyT, tuple[float, float]]] = {}
+        self._cells: dict[Cell, dict[KeyT, _Point]] = {}
         self._where: dict[KeyT, Cell] = {}
 
     def __len__(self) -> int:
@@ -349,7 +339,7 @@ class GeoIndex(Generic[KeyT]):
         cell = Cell(_row(point[0]), _col(point[1]))
         if key in self._where:
             self.remove(key)
-        self._cells.setdefault(cell, {})[key] = point
+        self._cells.setdefault(cell, {})[key] = (*point, *_ecef(*point))
         self._where[key] = cell
 
     def remove(self, key: KeyT) -> None:
@@ -364,17 +354,21 @@ class GeoIndex(Generic[KeyT]):
 
     def near(self, lat: float, lon: float, km: float) -> list[tuple[KeyT, float]]:
         """Exactly the (key, distance_km) whose geodesic distance is ≤ km, nearest first."""
-        bounds = _bounds(lat, lon, km)
-        cover = bounds.cover
+        centre = check_point(lat, lon)
+        reach = _reach(km)
+        cover = _cover(*centre, reach)
         if len(cover) <= len(self._cells):
             buckets = [self._cells[c] for c in cover if c in self._cells]
         else:
             buckets = [points for c, points in self._cells.items() if c in cover]
+        cx, cy, cz = _ecef(*centre)
+        # The straight chord is never longer than the geodesic: a cheap, exact-safe prefilter.
+        chord2 = reach * reach
         found: list[tuple[KeyT, float]] = []
         for points in buckets:
-            for key, (plat, plon) in points.items():
-                if bounds.may_reach(plat, plon):
-                    d = float(_GEODESIC.measure((bounds.lat, bounds.lon), (plat, plon)))
+            for key, (plat, plon, x, y, z) in points.items():
+                if (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= chord2:
+                    d = float(_GEODESIC.measure(centre, (plat, plon)))
                     if d <= km:
                         found.append((key, d))
         found.sort(key=lambda item: item[1])
