@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from enum import Enum
-from typing import Generic, Protocol, TypeVar
-
-from geopy.distance import geodesic
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from msd.errors import MsdError
+from msd.geo import distance_km
 from msd.schema import KEYWORD_MAX, PLACE_MAX, Scope, StreamType
 
-# Limits (docs/query.md): every one bounds the work a single query can cause.
+# Limits (docs/query.md): each bounds the work one query can cause.
 QUERY_MAX_CHARS = 1024
 QUERY_MAX_KEYWORDS = 32  # keyword occurrences in the boolean expression
 QUERY_MAX_DEPTH = 16  # nesting of parentheses and NOT
@@ -22,32 +20,24 @@ WITHIN_MAX_KM = 20_037.5  # half the Earth's circumference: every point is withi
 FILTERS = ("near", "within", "scope", "type", "mime")
 
 GRAMMAR = """\
-query    := term* ; keywords and filters separated by spaces
+query    := (expr | filter)+          ; terms separated by spaces
 expr     := and_expr ("OR" and_expr)*
-and_expr := unary (["AND"] unary)*        ; adjacent terms are ANDed
-unary    := ("NOT" | "-") unary | primary
-primary  := keyword | '"' keyword '"' | "(" expr ")"
-filter   := near:LAT,LON | near:PLACE | near:"PLACE NAME" | within:KM
+and_expr := unary (["AND"] unary)*    ; adjacent terms are ANDed
+unary    := ("NOT" | "-") unary | "(" expr ")" | keyword | '"' keyword '"'
+filter   := near:LAT,LON | near:PLACE | near:"PLACE, REGION" | within:KM
           | scope:local|global | type:rtp|udp | mime:TYPE/SUBTYPE
 
-Precedence: NOT binds tightest, then AND, then OR; parentheses group.
-Operators are case-insensitive (and, Or, NOT). `-jazz` is `NOT jazz`; quote a keyword
-that is an operator word or starts with '-' ("or", "-5"). Keywords are matched like the
-schema stores them: case-folded, 1-64 characters, no spaces, quotes, parentheses or ':'.
-
-Filters apply to the whole query: each at most once, outside parentheses, never
-negated or joined with AND/OR.
-  near:29.6,-82.3          decimal degrees, lat -90..90, lon -180..180
-  near:"Gainesville, FL"   a place from the offline gazetteer (city[, state/country])
-  within:50 | within:50km  kilometres from near:, 0 < KM <= 20037.5; default 100
-  scope:local|global       only sessions of this scope
-  type:rtp|udp             only this stream type
-  mime:video/MP2T          only this media type (case-insensitive)
-
-A query needs a keyword that is not negated: sessions are fetched per keyword, and NOT
-only removes sessions whose own keywords contain the word. Results are ranked by how
-many query keywords they carry, then by distance, then by title.
-Limits: 1024 characters, 32 keywords, 16 levels of parentheses and NOT.
+NOT binds tightest, then AND, then OR; parentheses group. Operators are case-insensitive;
+-jazz is NOT jazz. Quote a keyword that is an operator word or starts with '-' ("or").
+Keywords match as sessions store them: case-folded, 1-64 characters, one word.
+Filters apply to the whole query: each at most once, outside parentheses, not negated.
+  near:29.6,-82.3          decimal degrees (lat -90..90, lon -180..180)
+  near:"Gainesville, FL"   a city from the offline gazetteer: city[, state or country]
+  within:50  within:50km   kilometres from near:, 0 < KM <= 20037.5; default 100
+  scope:local|global  type:rtp|udp  mime:video/MP2T (case-insensitive)
+A query needs a keyword that is not negated: sessions are fetched per keyword and NOT only
+removes those whose own keywords contain the word. Ranking: query keywords matched, then
+distance, then title. Limits: 1024 characters, 32 keywords, 16 levels of ( and NOT.
 
 Examples:
   jazz near:29.6,-82.3
@@ -62,29 +52,25 @@ class QueryError(MsdError):
 
 @dataclass(frozen=True, slots=True)
 class Keyword:
-    """A keyword: true for a session whose own keyword list contains it."""
-
+    """True for a session whose own keyword list contains `word`."""
     word: str
 
 
 @dataclass(frozen=True, slots=True)
 class And:
     """True when every part is."""
-
     parts: tuple[Expr, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
     """True when any part is."""
-
     parts: tuple[Expr, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Not:
     """True when its part is not."""
-
     part: Expr
 
 
@@ -94,9 +80,8 @@ Expr = Keyword | And | Or | Not
 @dataclass(frozen=True, slots=True)
 class Query:
     """A parsed query: the boolean expression over keywords and the filters beside it."""
-
     expr: Expr
-    near: tuple[float, float] | str | None = None
+    near: tuple[float, float] | str | None = None  # (lat, lon), or a place to geocode
     within_km: float = WITHIN_DEFAULT_KM
     scope: Scope | None = None
     stream_type: StreamType | None = None
@@ -105,7 +90,6 @@ class Query:
 
 class SessionLike(Protocol):
     """What evaluate() reads of a session (msd.schema.SessionRecord offers it)."""
-
     @property
     def uri(self) -> str: ...
     @property
@@ -130,21 +114,12 @@ S = TypeVar("S", bound=SessionLike)
 @dataclass(frozen=True, slots=True)
 class Hit(Generic[S]):
     """One search result: the session, the query keywords it carries, its distance."""
-
     session: S
     matched: tuple[str, ...]
     distance_km: float | None
 
 
-class _Kind(Enum):
-    WORD = "word"
-    QUOTED = "quoted"
-    LPAREN = "("
-    RPAREN = ")"
-    AND = "AND"
-    OR = "OR"
-    NOT = "NOT"
-    FILTER = "filter"
+_Kind = Literal["word", "quoted", "(", ")", "AND", "OR", "NOT", "filter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,20 +130,16 @@ class _Token:
     name: str = ""  # a filter's name
 
 
-_OPERATORS = {"and": _Kind.AND, "or": _Kind.OR, "not": _Kind.NOT}
-_BINARY = (_Kind.AND, _Kind.OR)
-_STOP = frozenset('()"')
+_OPERATORS: dict[str, _Kind] = {"and": "AND", "or": "OR", "not": "NOT"}
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _COORDINATES = re.compile(rf"\s*({_NUMBER})\s*,\s*({_NUMBER})\s*")
-_LOOKS_NUMERIC = re.compile(r"[\d\s+\-.,]*\d[\d\s+\-.,]*")
+_LOOKS_NUMERIC = re.compile(r"[\d\s+\-.,]+")  # meant as coordinates, so checked as such
 _WITHIN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:km)?", re.IGNORECASE)
 # RFC 6838 restricted-name, type "/" subtype, as msd/schema.py checks it.
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 _KEYWORD_FORBIDDEN = re.compile(r'[\s"():]')
-
-
-def _describe(token: _Token) -> str:
-    return f"{token.text!r} at column {token.column}"
+_EXAMPLES = {"near": "29.6,-82.3", "within": "50", "scope": "local", "type": "rtp",
+             "mime": "video/MP2T"}
 
 
 def _tokenize(text: str) -> list[_Token]:
@@ -179,36 +150,34 @@ def _tokenize(text: str) -> list[_Token]:
         if char.isspace():
             i += 1
         elif char in "()":
-            tokens.append(_Token(_Kind(char), char, column))
+            tokens.append(_Token("(" if char == "(" else ")", char, column))
             i += 1
         elif char == "-":
             if i + 1 == n or text[i + 1].isspace() or text[i + 1] == ")":
                 raise QueryError(f"'-' at column {column} must stand right before a keyword "
                                  "or '(' (write -jazz for NOT jazz)")
-            tokens.append(_Token(_Kind.NOT, "-", column))
+            tokens.append(_Token("NOT", "-", column))
             i += 1
         elif char == '"':
             value, i = _quoted(text, i)
-            tokens.append(_Token(_Kind.QUOTED, value, column))
+            tokens.append(_Token("quoted", value, column))
         else:
             start = i
-            while i < n and not text[i].isspace() and text[i] not in _STOP:
+            while i < n and not text[i].isspace() and text[i] not in '()"':
                 i += 1
             word = text[start:i]
             if ":" in word:
                 name, _, value = word.partition(":")
-                if not name:
-                    raise QueryError(f"':' at column {column}: keywords cannot contain ':'; "
-                                     f"filters are name:value ({', '.join(FILTERS)})")
                 if name.casefold() not in FILTERS:
-                    raise QueryError(f"unknown filter '{name}:' at column {column}; "
-                                     f"the filters are {', '.join(f + ':' for f in FILTERS)}")
+                    known = ", ".join(f + ":" for f in FILTERS)
+                    what = f"unknown filter '{name}:'" if name else "':' (keywords have none)"
+                    raise QueryError(f"{what} at column {column}; the filters are {known}")
                 if not value and i < n and text[i] == '"':
                     value, i = _quoted(text, i)
-                tokens.append(_Token(_Kind.FILTER, value, column, name.casefold()))
+                tokens.append(_Token("filter", value, column, name.casefold()))
             else:
-                kind = _OPERATORS.get(word.casefold(), _Kind.WORD)
-                tokens.append(_Token(kind, word.upper() if kind != _Kind.WORD else word, column))
+                kind = _OPERATORS.get(word.casefold(), "word")
+                tokens.append(_Token(kind, word.upper() if kind != "word" else word, column))
             if i < n and text[i] == '"':
                 raise QueryError(f"the quote at column {i + 1} must start a new term; "
                                  "put a space before it")
@@ -229,22 +198,19 @@ def _check_structure(tokens: list[_Token]) -> None:
     """Balance parentheses and keep filters outside the boolean expression."""
     opened: list[_Token] = []
     for index, token in enumerate(tokens):
-        if token.kind == _Kind.LPAREN:
+        if token.kind == "(":
             opened.append(token)
-        elif token.kind == _Kind.RPAREN:
+        elif token.kind == ")":
             if not opened:
                 raise QueryError(f"')' at column {token.column} has no matching '('")
             opened.pop()
-        elif token.kind == _Kind.FILTER:
+        elif token.kind == "filter":
             where = f"filter {token.name}: at column {token.column}"
             if opened:
-                raise QueryError(f"{where} applies to the whole query: "
-                                 "move it outside the parentheses")
-            before = tokens[index - 1] if index else None
-            after = tokens[index + 1] if index + 1 < len(tokens) else None
-            if (before is not None and before.kind in (*_BINARY, _Kind.NOT)) or (
-                after is not None and after.kind in _BINARY
-            ):
+                raise QueryError(f"{where} applies to the whole query: move it out of the ( )")
+            before = tokens[index - 1].kind if index else None
+            after = tokens[index + 1].kind if index + 1 < len(tokens) else None
+            if before in ("AND", "OR", "NOT") or after in ("AND", "OR"):
                 raise QueryError(f"{where} cannot be joined with AND, OR or NOT: "
                                  "filters always apply to the whole query")
     if opened:
@@ -255,60 +221,47 @@ class _Parser:
     """Recursive descent over the tokens of the boolean expression (filters removed)."""
 
     def __init__(self, tokens: list[_Token]) -> None:
-        self.tokens = tokens
-        self.at = 0
-        self.keywords = 0
+        self.tokens, self.at, self.keywords = tokens, 0, 0
 
     def peek(self) -> _Token | None:
         return self.tokens[self.at] if self.at < len(self.tokens) else None
 
-    def previous(self) -> _Token | None:
-        return self.tokens[self.at - 1] if self.at else None
-
-    def parse(self) -> Expr:
-        expr = self.or_expr(0)
-        if (token := self.peek()) is not None:  # only an unmatched ')' can be left over
-            raise QueryError(f"')' at column {token.column} has no matching '('")
-        return expr
-
     def or_expr(self, depth: int) -> Expr:
         parts = [self.and_expr(depth)]
-        while (token := self.peek()) is not None and token.kind == _Kind.OR:
+        while (token := self.peek()) is not None and token.kind == "OR":
             self.at += 1
             parts.append(self.and_expr(depth))
         return parts[0] if len(parts) == 1 else Or(tuple(parts))
 
     def and_expr(self, depth: int) -> Expr:
         parts = [self.unary(depth)]
-        while (token := self.peek()) is not None and token.kind not in (_Kind.OR, _Kind.RPAREN):
-            if token.kind == _Kind.AND:
-                self.at += 1
+        while (token := self.peek()) is not None and token.kind not in ("OR", ")"):
+            self.at += token.kind == "AND"  # an explicit AND; otherwise it is implicit
             parts.append(self.unary(depth))
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
     def unary(self, depth: int) -> Expr:
         token = self.peek()
-        if token is not None and token.kind in (_Kind.NOT, _Kind.LPAREN):
-            if depth >= QUERY_MAX_DEPTH:
-                raise QueryError(f"the query nests deeper than {QUERY_MAX_DEPTH} levels of "
-                                 f"parentheses and NOT at column {token.column}; simplify it")
-            if token.kind == _Kind.NOT:
-                self.at += 1
-                return Not(self.unary(depth + 1))
+        if token is not None and token.kind in ("NOT", "(") and depth >= QUERY_MAX_DEPTH:
+            raise QueryError(f"the query nests deeper than {QUERY_MAX_DEPTH} levels of "
+                             f"parentheses and NOT at column {token.column}; simplify it")
+        if token is not None and token.kind == "NOT":
+            self.at += 1
+            return Not(self.unary(depth + 1))
         return self.primary(depth)
 
     def primary(self, depth: int) -> Expr:
-        token, before = self.peek(), self.previous()
-        if token is None or token.kind in (*_BINARY, _Kind.RPAREN):
-            if before is not None and before.kind in (*_BINARY, _Kind.NOT):
-                raise QueryError(f"{_describe(before)} needs a term after it")
-            if before is not None and before.kind == _Kind.LPAREN and token is not None:
+        token, before = self.peek(), self.tokens[self.at - 1] if self.at else None
+        if token is None or token.kind in ("AND", "OR", ")"):
+            if before is not None and before.kind in ("AND", "OR", "NOT"):
+                raise QueryError(f"{before.text} at column {before.column} needs a term after it")
+            if before is not None and before.kind == "(" and token and token.kind == ")":
                 raise QueryError(f"empty parentheses at column {before.column}; "
                                  "put a keyword inside or remove them")
-            assert token is not None  # the caller stops at the end and at ')' otherwise
-            raise QueryError(f"{_describe(token)} needs a term before it")
+            assert token is not None  # callers stop at the end unless an operator came before
+            raise QueryError(f"{token.text} at column {token.column} needs a term before it")
         self.at += 1
-        if token.kind == _Kind.LPAREN:
+        if token.kind == "(":
             expr = self.or_expr(depth + 1)
             self.at += 1  # the ')' that _check_structure guarantees
             return expr
@@ -320,61 +273,46 @@ class _Parser:
 
 
 def _keyword(token: _Token) -> str:
-    word = token.text.strip().casefold()
-    where = f"at column {token.column}"
+    word, where = token.text.strip().casefold(), f"at column {token.column}"
     if not word:
         raise QueryError(f"empty quotes {where}; put a keyword inside or remove them")
-    if token.kind == _Kind.QUOTED and any(c.isspace() for c in word):
+    if token.kind == "quoted" and any(c.isspace() for c in word):
         raise QueryError(f"the quoted keyword {where} has spaces, but a keyword is one word; "
                          "drop the quotes to search for each word")
     if _KEYWORD_FORBIDDEN.search(word):
         raise QueryError(f"keyword {token.text!r} {where} must be one word: "
                          "no spaces, quotes, parentheses or ':'")
     if len(word) > KEYWORD_MAX:
-        raise QueryError(f"the keyword {where} is longer than {KEYWORD_MAX} characters; "
-                         "no session can carry it")
+        raise QueryError(f"the keyword {where} is longer than {KEYWORD_MAX} characters")
     return word
 
 
-@dataclass(slots=True)
-class _Filters:
-    near: tuple[float, float] | str | None = None
-    within_km: float = WITHIN_DEFAULT_KM
-    scope: Scope | None = None
-    stream_type: StreamType | None = None
-    mime: str | None = None
-
-
-def _apply_filter(token: _Token, filters: _Filters) -> None:
+def _filter(token: _Token) -> tuple[str, Any]:
+    """The Query field a filter sets, and its checked value."""
     value, where = token.text.strip(), f"filter {token.name}: at column {token.column}"
     if not value:
         raise QueryError(f"{where} needs a value, e.g. {token.name}:{_EXAMPLES[token.name]}")
+    if token.name == "near" and _LOOKS_NUMERIC.fullmatch(value):
+        return "near", _coordinates(value, where=where)
     if token.name == "near":
-        if _LOOKS_NUMERIC.fullmatch(value):
-            filters.near = _coordinates(value, where=where)
-        elif len(value) > PLACE_MAX:
+        if len(value) > PLACE_MAX:
             raise QueryError(f"{where}: a place name has at most {PLACE_MAX} characters")
-        else:
-            filters.near = value
-    elif token.name == "within":
+        return "near", value
+    if token.name == "within":
         match = _WITHIN.fullmatch(value)
         km = float(match.group(1)) if match else -1.0
         if not 0 < km <= WITHIN_MAX_KM:
             raise QueryError(f"{where} must be kilometres, 0 < KM <= {WITHIN_MAX_KM} "
                              f"(e.g. within:50); got {value!r}")
-        filters.within_km = km
-    elif token.name == "scope":
-        filters.scope = _choice(Scope, value, where=where)
-    elif token.name == "type":
-        filters.stream_type = _choice(StreamType, value, where=where)
-    elif _MIME.fullmatch(value):
-        filters.mime = value
-    else:
+        return "within_km", km
+    if token.name == "scope":
+        return "scope", _choice(Scope, value, where=where)
+    if token.name == "type":
+        return "stream_type", _choice(StreamType, value, where=where)
+    if not _MIME.fullmatch(value):
         raise QueryError(f"{where} must be type/subtype, e.g. mime:video/MP2T; got {value!r}")
+    return "mime", value
 
-
-_EXAMPLES = {"near": "29.6,-82.3", "within": "50", "scope": "local", "type": "rtp",
-             "mime": "video/MP2T"}
 
 E = TypeVar("E", Scope, StreamType)
 
@@ -403,40 +341,38 @@ def _coordinates(value: str, *, where: str) -> tuple[float, float]:
 def parse(text: str) -> Query:
     """Parse a search query; raise QueryError saying what to fix and where."""
     if len(text) > QUERY_MAX_CHARS:
-        raise QueryError(f"the query is {len(text)} characters long; "
-                         f"the limit is {QUERY_MAX_CHARS}")
+        raise QueryError(f"the query has {len(text)} characters; the limit is {QUERY_MAX_CHARS}")
     for index, char in enumerate(text):
         if not char.isspace() and (ord(char) < 0x20 or ord(char) == 0x7F):
-            raise QueryError(f"control character U+{ord(char):04X} at column {index + 1}; "
-                             "remove it")
+            raise QueryError(f"control character U+{ord(char):04X} at column {index + 1}")
     tokens = _tokenize(text)
     if not tokens:
         raise QueryError("the query is empty; give at least one keyword, e.g. jazz")
     _check_structure(tokens)
-    filters = _Filters()
+    fields: dict[str, Any] = {}
     seen: dict[str, _Token] = {}
-    for token in (t for t in tokens if t.kind == _Kind.FILTER):
+    for token in (t for t in tokens if t.kind == "filter"):
         if token.name in seen:
             raise QueryError(f"filter {token.name}: is given twice (columns "
                              f"{seen[token.name].column} and {token.column}); give it once")
         seen[token.name] = token
-        _apply_filter(token, filters)
+        key, value = _filter(token)
+        fields[key] = value
     if "within" in seen and "near" not in seen:
         raise QueryError(f"filter within: at column {seen['within'].column} needs near: "
                          '(near:LAT,LON or near:"place")')
-    terms = [t for t in tokens if t.kind != _Kind.FILTER]
+    terms = [t for t in tokens if t.kind != "filter"]
     if not terms:
         raise QueryError("the query needs at least one keyword that is not negated "
                          "(e.g. jazz near:29.6,-82.3): filters only narrow a keyword search")
-    expr = _Parser(terms).parse()
+    expr = _Parser(terms).or_expr(0)  # _check_structure left no stray ')'
     _check_fetchable(expr)
-    return Query(expr, near=filters.near, within_km=filters.within_km, scope=filters.scope,
-                 stream_type=filters.stream_type, mime=filters.mime)
+    return Query(expr, **fields)
 
 
 def _check_fetchable(expr: Expr) -> None:
-    # A session is found only through one of its keywords; a query that a session with none
-    # of the query's keywords satisfies would need the whole directory (docs/query.md).
+    # A session is found only through one of its keywords: a query that a session without
+    # any of the query's keywords satisfies would need the whole directory (docs/query.md).
     if not _matches(expr, frozenset()):
         return
     if not positive_keywords(Query(expr)):
@@ -460,10 +396,8 @@ def format_expr(expr: Expr) -> str:
         inner = format_expr(expr.part)
         return f"NOT ({inner})" if isinstance(expr.part, And | Or) else f"NOT {inner}"
     joiner, wrap = (" ", And | Or) if isinstance(expr, And) else (" OR ", Or)
-    return joiner.join(
-        f"({format_expr(part)})" if isinstance(part, wrap) else format_expr(part)
-        for part in expr.parts
-    )
+    return joiner.join(f"({format_expr(p)})" if isinstance(p, wrap) else format_expr(p)
+                       for p in expr.parts)
 
 
 def positive_keywords(query: Query) -> list[str]:
@@ -494,21 +428,6 @@ def _matches(expr: Expr, words: frozenset[str]) -> bool:
     return any(_matches(part, words) for part in expr.parts)
 
 
-def _geodesic_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    return float(geodesic((lat1, lon1), (lat2, lon2)).km)
-
-
-def resolve_near(query: Query, *, geocode: Callable[[str], tuple[float, float] | None]) -> Query:
-    """Replace a near: place name by its coordinates (geocode: e.g. the offline gazetteer)."""
-    if not isinstance(query.near, str):
-        return query
-    point = geocode(query.near)
-    if point is None:
-        raise QueryError(f"near: place {query.near!r} is not in the gazetteer; try "
-                         "'City, State' or 'City, Country', or give near:LAT,LON")
-    return replace(query, near=point)
-
-
 def evaluate(
     query: Query,
     sessions_by_keyword: Mapping[str, Iterable[S]],
@@ -517,8 +436,8 @@ def evaluate(
 ) -> list[Hit[S]]:
     """Combine per-keyword answers: dedupe by uri, match, filter, rank (docs/query.md)."""
     if isinstance(query.near, str):
-        raise ValueError("resolve the near: place to coordinates first (resolve_near)")
-    distance = geodesic_km or _geodesic_km
+        raise ValueError("geocode the near: place first (msd.gazetteer.resolve_near)")
+    distance = geodesic_km or distance_km  # WGS-84, geopy's geodesic
     wanted = positive_keywords(query)
     candidates: dict[str, S] = {}
     for sessions in sessions_by_keyword.values():
@@ -545,8 +464,6 @@ def evaluate(
 def _passes_filters(query: Query, session: SessionLike) -> bool:
     if query.scope is not None and str(session.scope).casefold() != query.scope.value:
         return False
-    if query.stream_type is not None and (
-        str(session.stream_type).casefold() != query.stream_type.value
-    ):
+    if query.stream_type and str(session.stream_type).casefold() != query.stream_type.value:
         return False
     return query.mime is None or session.mime.casefold() == query.mime.casefold()
