@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="UDP control and HTTP status port (default: any free port)")
     msd_cmd.add_argument("--priority", type=int, default=0,
                          help="election priority, 0-65535; the highest live one is designated")
+    msd_cmd.add_argument("--database", metavar="URL",
+                         help="the domain's session store: an SQLAlchemy URL, e.g. "
+                              "sqlite+aiosqlite:////var/lib/mdns/msd.sqlite or "
+                              "postgresql+asyncpg://...; without it, no sessions are kept")
     msd_cmd.add_argument("--no-multicast", action="store_true",
                          help="this host's multicast is broken: elect through the URS and "
                               "ask the parent for unicast heartbeats")
@@ -236,7 +240,7 @@ def _msd(args: argparse.Namespace) -> int:
         urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
-        multicast=not args.no_multicast))
+        multicast=not args.no_multicast, database_url=args.database))
     return 0
 
 

@@ -45,3 +45,62 @@ def _errors(text: str) -> str:
         return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     except (ValueError, KeyError, TypeError):
         return text[:200]
+
+
+async def register_everywhere(
+    http: aiohttp.ClientSession,
+    *,
+    domain: str,
+    session: dict[str, Any],
+    dns_server: tuple[str, int] | None,
+    token: str | None = None,
+) -> tuple[Registration, dict[str, Any]]:
+    """Register with the domain's URS (or update it with `token`), then with its MSD.
+
+    The MSD indexes what the URS holds: it fetches the record by id, so only sessions
+    the URS accepted reach the directory.
+    """
+    from client.search import designated_msd  # search pulls in the query language
+    from urs.locate import LocateError, locate_urs
+
+    try:
+        location = await locate_urs(domain, dns_server=dns_server)
+    except LocateError as exc:
+        raise ClientError(str(exc)) from None
+    registration = await register_with_urs(http, base_url=location.base_url, domain=domain,
+                                           session=session)
+    if not registration.created:
+        if token is None:
+            raise ClientError(f"{registration.uri} is already registered; give its owner "
+                              "token (--token) to update it")
+        registration = await update_with_urs(http, base_url=location.base_url, domain=domain,
+                                             session=session, token=token)
+    msd = await designated_msd(domain, dns_server=dns_server, http=http)
+    try:
+        async with http.post(f"{msd}/sessions", json={"id": session.get("id")}) as response:
+            answer: dict[str, Any] = await response.json()
+            if response.status != 200:
+                raise ClientError(f"the MSD of {domain} refused {registration.uri}: "
+                                  f"{answer.get('error', answer)}")
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise ClientError(f"the MSD of {domain} at {msd}: {exc}") from None
+    return registration, answer
+
+
+async def update_with_urs(
+    http: aiohttp.ClientSession, *, base_url: str, domain: str, session: dict[str, Any],
+    token: str,
+) -> Registration:
+    """PUT new parameters (and a fresh expiry) with the owner token."""
+    session_id = session.get("id")
+    body = {k: v for k, v in session.items() if k != "id"}
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with http.put(f"{base_url}/{session_id}", json=body, headers=headers) as response:
+            text = await response.text()
+            if response.status != 200:
+                raise ClientError(f"{base_url} refused the update of {session_id!r}: "
+                                  f"{response.status} {_errors(text)}")
+    except aiohttp.ClientError as exc:
+        raise ClientError(f"cannot reach the URS at {base_url}: {exc}") from None
+    return Registration(uri=f"mcast.{domain}/{session_id}", token=token, created=False)

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from msd.api import MAX_BODY_BYTES, SessionRoutes
 from msd.channels import Channel, UdpTransport
 from msd.codec import CodecError, decode, encode
 from msd.election import (
@@ -39,6 +40,8 @@ from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParen
 from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
 from msd.replay import ReplayGuard
+from msd.sessions import SessionService
+from msd.store import MsdStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class MsdSettings:
     interface: str = "127.0.0.1"
     port: int = 0  # UDP control and HTTP status; 0 = any free port
     multicast: bool = True  # False: this host's multicast is broken; use unicast only
+    database_url: str | None = None  # the domain's session store; None: no session service
+    collect_every_s: float = 10.0  # how often expired records are removed
     priority: int = 0
     heartbeat_s: float = 1.0
     alpha: float = 0.1
@@ -95,6 +100,11 @@ class MsdDaemon:
         self._runner: web.AppRunner | None = None
         self._channels: dict[str, Channel] = {}
         self._started = time.monotonic()
+        self.store: MsdStore | None = None
+        self.sessions: SessionService | None = None
+        self.record_counts: dict[str, int] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._migrated_generation = -1
 
     def __repr__(self) -> str:
         role = self.election.role if self.election else "starting"
@@ -120,6 +130,12 @@ class MsdDaemon:
         try:
             self.bootstrap = await self._fetch_bootstrap()
             self.domain = self.bootstrap["domain"]
+            if self.settings.database_url:
+                self.store = await MsdStore.open(self.settings.database_url)
+                self.sessions = SessionService(
+                    domain=self.domain, store=self.store, http=self._http,
+                    node=lambda: self.node, clock=time.time,
+                    hierarchy_key=self.settings.hierarchy_key)
             await self._open_sockets()
             now = time.monotonic()
             self.election = Election(
@@ -132,6 +148,10 @@ class MsdDaemon:
             await self._loop(stop)
         finally:
             await self._close()
+
+    def http(self) -> aiohttp.ClientSession:
+        assert self._http is not None
+        return self._http
 
     def transport_address(self) -> tuple[str, int]:
         assert self.transport is not None
@@ -169,6 +189,10 @@ class MsdDaemon:
         raise MsdError("could not find a port free for both UDP and TCP")
 
     async def _close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
         if self.node is not None:
             await self._leave_tree()
         if self._runner is not None:
@@ -177,10 +201,15 @@ class MsdDaemon:
             await self.transport.close()
         if self._http is not None:
             await self._http.close()
+        if self.store is not None:
+            await self.store.close()
 
     async def _loop(self, stop: asyncio.Event) -> None:
         tick = self.settings.heartbeat_s / TICKS_PER_HEARTBEAT
         next_poll = 0.0
+        if self.sessions is not None:
+            self._housekeeping = asyncio.create_task(self._keep_house(stop),
+                                                     name=f"{self!r} housekeeping")
         while not stop.is_set():
             now = time.monotonic()
             assert self.election is not None
@@ -192,6 +221,26 @@ class MsdDaemon:
                 await self._poll_urs()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick)
+
+    async def _keep_house(self, stop: asyncio.Event) -> None:
+        """Migrate records after a re-split; remove expired ones; never let one error stop it."""
+        assert self.sessions is not None and self.store is not None
+        next_collect = 0.0
+        while not stop.is_set():
+            try:
+                node = self.node
+                if node is not None and node.generation != self._migrated_generation:
+                    generation = node.generation
+                    await self.sessions.migrate()
+                    self._migrated_generation = generation
+                if time.monotonic() >= next_collect:
+                    next_collect = time.monotonic() + self.settings.collect_every_s
+                    await self.store.collect_expired(now=time.time())
+                    self.record_counts = await self.store.counts(now=time.time())
+            except MsdError as exc:
+                log.warning("housekeeping: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
 
     # --- inbound ---------------------------------------------------------------------------
 
@@ -394,6 +443,10 @@ class MsdDaemon:
             "child_addresses": children,
             "ancestors": [f"{a.domain}@{a.host}:{a.port}" for a in
                           (self.node.ancestors if self.node else ())],
+            "records": self.record_counts,
+            "routed_requests": self.sessions.routed if self.sessions else 0,
+            "route_failures": self.sessions.route_failures if self.sessions else 0,
+            "migrated": self.sessions.migrated if self.sessions else 0,
             "control_bytes": control_bytes,
             "control_bytes_per_s": round(control_bytes / uptime, 1),
             "dropped": self.counters.dropped,
@@ -426,7 +479,9 @@ def status_app(daemon: MsdDaemon) -> web.Application:
         return web.Response(body=metrics_text(daemon.status),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    SessionRoutes(service=lambda: daemon.sessions, hierarchy_key=daemon.settings.hierarchy_key,
+                  urs_url=daemon.settings.urs_url, http=daemon.http).add_to(app)
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -234,6 +234,21 @@ class Node:
         hop = self.routes.lookup(key)
         return None if hop == self.domain else hop
 
+    def next_peer(self, key: int) -> Peer | None:
+        """Where to send a routed request for `key`: None when this domain owns it.
+
+        Raises LookupError when no next hop is known (an orphan's default route)."""
+        hop = self.route(key)
+        if hop is None:
+            if key not in self.owned:
+                raise LookupError(f"{self.domain} has no route for {key:032x}")
+            return None
+        if hop in self.children:
+            return self.children[hop].peer
+        if self.parent is not None and hop == self.parent.domain:
+            return self.parent
+        raise LookupError(f"{self.domain} routes {key:032x} to {hop}, whose address it lacks")
+
     def route_rows(self) -> list[dict[str, str | None]]:
         """The routing table as rows covering the whole space: the default route appears as
         the rows outside our range (next hop: the parent, or None where nobody is known)."""

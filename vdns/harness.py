@@ -25,6 +25,7 @@ import dns.message
 import dns.rdatatype
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from msd.store import sqlite_url
 from urs.app import create_app
 from urs.settings import UrsSettings
 from vdns.errors import VdnsError
@@ -135,7 +136,8 @@ class Hierarchy:
                 hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
                 in_process=self.msd_in_process, interface=self.interface,
-                multicast=running.config.domain not in self.multicast_blocked)
+                multicast=running.config.domain not in self.multicast_blocked,
+                database_url=sqlite_url(self.data_dir, running.config.domain))
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
 

@@ -36,6 +36,7 @@ class MsdLaunch:
     beta: float = 0.1
     in_process: bool = False
     multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
+    database_url: str | None = None  # the domain's session store, shared by its MSDs
 
 
 class _Daemon:
@@ -68,7 +69,8 @@ class _Daemon:
                 msd_key=launch.msd_key_file.read_text().strip(),
                 hierarchy_key=launch.hierarchy_key_file.read_bytes().strip(),
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
-                alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast))
+                alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
+                database_url=launch.database_url))
             self.task = asyncio.create_task(self.daemon.run(self._stop),
                                             name=f"msd {self.domain} #{self.index}")
             return
@@ -84,6 +86,7 @@ class _Daemon:
                 "--heartbeat", str(launch.heartbeat_s),
                 "--alpha", str(launch.alpha), "--beta", str(launch.beta),
                 *([] if launch.multicast else ["--no-multicast"]),
+                *(["--database", launch.database_url] if launch.database_url else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             )
 

@@ -1,0 +1,198 @@
+"""Global search, the client's side: per keyword a cached redirect or an msd-probe, then ext-search.
+
+For each keyword that the query needs (msd.query.positive_keywords):
+1. the redirect cache, else `msd-probe` through the home domain's designated MSD,
+   which routes it to the owner of the keyword's hash and answers with a redirect;
+2. `ext-search` at the owner; `ext-search-invalid` (the range moved) → invalidate the
+   cached redirect and probe afresh, once;
+3. the owner does not answer → the shadow: probe for the bit-inverted hash and ask
+   its owner for the shadow records.
+The home domain's own sessions (administrative scope, any scope) come from its MSD's
+local records. msd.query.evaluate then combines, filters, removes duplicates, ranks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import aiohttp
+
+from client.errors import ClientError
+from msd.cache import Redirect, RedirectCache
+from msd.gazetteer import OfflineGazetteer, resolve_near
+from msd.geo import distance_km
+from msd.keyspace import KeyRange, key_of, shadow_of
+from msd.query import Hit, Query, evaluate, parse, positive_keywords
+from msd.schema import Scope, SessionRecord
+from urs.locate import LocateError, locate_urs
+
+CACHE_CAPACITY = 10_000
+REQUEST_TIMEOUT_S = 3.0
+
+
+class _Invalid(Exception):
+    """ext-search-invalid: the owner's range moved."""
+
+
+class _Unreachable(Exception):
+    """The owner did not answer."""
+
+
+@dataclasses.dataclass
+class SearchStats:
+    """What one search cost: for the latency experiment and for --verbose."""
+
+    probes: int = 0
+    cache_hits: int = 0
+    invalid: int = 0
+    shadow_used: int = 0
+
+
+class SearchClient:
+    """Searches from one home domain; keeps its redirect cache across searches."""
+
+    def __init__(
+        self, *, home: str, dns_server: tuple[str, int] | None,
+        http: aiohttp.ClientSession, cache: RedirectCache | None = None,
+    ) -> None:
+        self.home = home
+        self.dns_server = dns_server
+        self._http = http
+        self.cache = cache or RedirectCache(CACHE_CAPACITY)
+        self._home_msd: str | None = None
+        self.stats = SearchStats()
+
+    async def home_msd(self, *, refresh: bool = False) -> str:
+        """The base URL of the home domain's designated MSD (DNS → URS → bootstrap)."""
+        if self._home_msd is None or refresh:
+            self._home_msd = await designated_msd(self.home, dns_server=self.dns_server,
+                                                  http=self._http)
+        return self._home_msd
+
+    async def search(self, text: str | Query) -> list[Hit[SessionRecord]]:
+        query = parse(text) if isinstance(text, str) else text
+        if isinstance(query.near, str):
+            query = resolve_near(query, gazetteer=gazetteer())
+        keywords = positive_keywords(query)
+        answers = await asyncio.gather(*(self._keyword(k, scope=query.scope) for k in keywords))
+        by_keyword = dict(zip(keywords, answers, strict=True))
+        return evaluate(query, by_keyword, geodesic_km=distance_km)
+
+    async def _keyword(self, keyword: str, *, scope: Scope | None) -> list[SessionRecord]:
+        found: dict[str, SessionRecord] = {}
+        if scope is not Scope.GLOBAL:
+            for record in await self._local(keyword):
+                found[record.uri] = record
+        if scope is not Scope.LOCAL:
+            for record in await self._global(keyword):
+                found.setdefault(record.uri, record)
+        if scope is Scope.LOCAL:
+            return [r for r in found.values() if r.domain == self.home]
+        return list(found.values())
+
+    async def _local(self, keyword: str) -> list[SessionRecord]:
+        msd = await self.home_msd()
+        answer = await self._call("GET", f"{msd}/msd/local-search", params={"keyword": keyword})
+        return [SessionRecord.model_validate(s) for s in answer["sessions"]]
+
+    async def _global(self, keyword: str) -> list[SessionRecord]:
+        key = key_of(keyword)
+        for _ in range(2):
+            redirect = self.cache.get(keyword, _now_ms())
+            if redirect is None or not redirect.covers(key):
+                redirect = await self._probe(key)
+                self.cache.put(keyword, redirect, _now_ms())
+            else:
+                self.stats.cache_hits += 1
+            try:
+                return await self._ext_search(redirect, keyword, shadow=False)
+            except _Invalid:
+                self.stats.invalid += 1
+                self.cache.invalidate(keyword)
+            except _Unreachable:
+                self.cache.invalidate(keyword)
+                break
+        # The owner is gone (or keeps moving): its shadow holds the same records.
+        self.stats.shadow_used += 1
+        redirect = await self._probe(shadow_of(key))
+        try:
+            return await self._ext_search(redirect, keyword, shadow=True)
+        except (_Invalid, _Unreachable) as exc:
+            raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
+                              f"({type(exc).__name__.strip('_').lower()})") from None
+
+    async def _probe(self, key: int) -> Redirect:
+        self.stats.probes += 1
+        msd = await self.home_msd()
+        answer = await self._call("POST", f"{msd}/msd/probe", json={"key": f"{key:032x}"})
+        host, _, port = str(answer["address"]).rpartition(":")
+        owned = KeyRange.from_json([answer["start"], answer["end"]])
+        return Redirect(domain=answer["owner"], host=host, port=int(port), start=owned.start,
+                        end=owned.end, term=int(answer.get("term", 0)))
+
+    async def _ext_search(
+        self, redirect: Redirect, keyword: str, *, shadow: bool
+    ) -> list[SessionRecord]:
+        url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
+        try:
+            async with self._http.post(url, json={"keyword": keyword, "shadow": shadow},
+                                       timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+                                       ) as response:
+                if response.status == 409:
+                    raise _Invalid()
+                if response.status != 200:
+                    raise _Unreachable()
+                answer = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            raise _Unreachable() from None
+        return [SessionRecord.model_validate(s) for s in answer["sessions"]]
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            async with self._http.request(
+                method, url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S), **kwargs
+            ) as response:
+                answer: dict[str, Any] = await response.json()
+                if response.status != 200:
+                    raise ClientError(f"{url} answered {response.status}: "
+                                      f"{answer.get('error', answer)}")
+                return answer
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ClientError(f"{url}: {exc or type(exc).__name__}") from None
+
+
+async def designated_msd(
+    domain: str, *, dns_server: tuple[str, int] | None, http: aiohttp.ClientSession
+) -> str:
+    """The base URL of a domain's designated MSD, found through DNS and its URS."""
+    try:
+        location = await locate_urs(domain, dns_server=dns_server)
+    except LocateError as exc:
+        raise ClientError(str(exc)) from None
+    try:
+        async with http.get(f"{location.base_url}/bootstrap/designated",
+                            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as response:
+            designated = (await response.json()).get("designated")
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise ClientError(f"the URS of {domain} at {location.base_url}: {exc}") from None
+    if not designated:
+        raise ClientError(f"{domain} has no designated MSD (are its MSD daemons running?)")
+    return f"http://{designated['address']}:{designated['port']}"
+
+
+_GAZETTEER: OfflineGazetteer | None = None
+
+
+def gazetteer() -> OfflineGazetteer:
+    """One offline gazetteer per process: loading the city list takes a second or two."""
+    global _GAZETTEER
+    if _GAZETTEER is None:
+        _GAZETTEER = OfflineGazetteer()
+    return _GAZETTEER
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000

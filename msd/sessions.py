@@ -1,0 +1,212 @@
+"""Sessions at an MSD: registration, routed remote-register with shadows, msd-probe, ext-search.
+
+The designated MSD stores every session of its domain locally and, for global scope,
+sends one `remote-register` per keyword towards the owner of the keyword's hash and
+one towards the owner of the bit-inverted hash (the shadow). Routed requests travel
+hop by hop over HTTP along the tree's routing tables (each hop's control port is also
+its HTTP port); the owner answers. Searches probe for the owner (`msd-probe`, answered
+with a `redirect`), then ask it directly (`ext-search`); an owner whose range moved
+answers `ext-search-invalid`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from msd.errors import MsdError
+from msd.hierarchy import Node
+from msd.keyspace import key_of, shadow_of
+from msd.messages import Peer
+from msd.schema import Scope, SessionRecord
+from msd.store import MsdStore
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 64
+HOP_TIMEOUT_S = 2.0
+MIGRATE_BATCH = 500
+AUTH_HEADER = "X-Mdns-Auth"
+
+
+def sign(body: bytes, *, key: bytes) -> str:
+    """The HMAC that authenticates a routed request's body between MSDs of one hierarchy."""
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+class NotDesignated(MsdError):
+    """This daemon is a backup: ask the domain's designated MSD."""
+
+
+class RoutingFailed(MsdError):
+    """A routed request found no way to the owner (a hop is down or has no route)."""
+
+
+class SessionService:
+    """The session side of one MSD daemon; `node` is None unless it is designated."""
+
+    def __init__(
+        self, *, domain: str, store: MsdStore, http: aiohttp.ClientSession,
+        node: Callable[[], Node | None], clock: Callable[[], float], hierarchy_key: bytes,
+    ) -> None:
+        self.domain = domain
+        self._key = hierarchy_key
+        self.store = store
+        self._http = http
+        self._node = node
+        self._clock = clock  # wall-clock seconds: records expire by the URS's clock
+        self.routed = 0
+        self.route_failures = 0
+        self.migrated = 0
+
+    def node(self) -> Node:
+        node = self._node()
+        if node is None:
+            raise NotDesignated(f"this MSD of {self.domain} is not the designated one")
+        return node
+
+    # --- registration ----------------------------------------------------------------------
+
+    async def register(self, record: SessionRecord) -> dict[str, Any]:
+        """Store a session of this domain; route its keywords if it is global."""
+        self.node()
+        if record.domain != self.domain:
+            raise MsdError(f"{record.uri} belongs to {record.domain}, not to {self.domain}")
+        await self.store.put_local(record, now=self._clock())
+        routed: list[dict[str, Any]] = []
+        if record.scope is Scope.GLOBAL:
+            routed = await self.route_record(record)
+        return {"uri": record.uri, "routed": routed}
+
+    async def route_record(self, record: SessionRecord) -> list[dict[str, Any]]:
+        """remote-register every keyword, to its owner and its shadow owner, concurrently."""
+        jobs = [self.remote_register(keyword, record, shadow=shadow, origin=self.domain)
+                for keyword in record.keywords for shadow in (False, True)]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        report = []
+        for (keyword, shadow), result in zip(
+            ((k, s) for k in record.keywords for s in (False, True)), results, strict=True
+        ):
+            if isinstance(result, BaseException):
+                if not isinstance(result, MsdError | aiohttp.ClientError | TimeoutError):
+                    raise result
+                self.route_failures += 1
+                log.warning("remote-register %s of %s (shadow=%s) failed: %s", keyword,
+                            record.uri, shadow, result)
+                report.append({"keyword": keyword, "shadow": shadow, "error": str(result)})
+            else:
+                report.append({"keyword": keyword, "shadow": shadow, "owner": result})
+        return report
+
+    async def remote_register(
+        self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str,
+        hops: tuple[str, ...] = (),
+    ) -> str:
+        """Store the keyword record here if we own its key, else pass it on; the owner's name."""
+        key = key_of(keyword)
+        if shadow:
+            key = shadow_of(key)
+        peer = self._next(key, hops=hops)
+        if peer is None:
+            await self.store.put_global(keyword, record, shadow=shadow, origin=origin,
+                                        now=self._clock())
+            return self.domain
+        self.routed += 1
+        body = {"keyword": keyword, "shadow": shadow, "origin": origin,
+                "record": record.model_dump(mode="json"), "hops": [*hops, self.domain]}
+        answer = await self._post(peer, "/msd/remote-register", body)
+        return str(answer["owner"])
+
+    # --- search ----------------------------------------------------------------------------
+
+    async def probe(self, key: int, *, hops: tuple[str, ...] = ()) -> dict[str, Any]:
+        """msd-probe: find the owner of `key`; its answer is the redirect for the client."""
+        peer = self._next(key, hops=hops)
+        if peer is None:
+            node = self.node()
+            start, end = node.owned.to_json()
+            return {"owner": self.domain, "address": f"{node.address.host}:{node.address.port}",
+                    "start": start, "end": end, "generation": node.generation,
+                    "term": node.term, "hops": len(hops)}
+        self.routed += 1
+        return await self._post(peer, "/msd/probe",
+                                {"key": f"{key:032x}", "hops": [*hops, self.domain]})
+
+    async def ext_search(self, keyword: str, *, shadow: bool) -> list[SessionRecord] | None:
+        """The owner's answer for a keyword; None (ext-search-invalid) when we do not own it."""
+        key = key_of(keyword)
+        if shadow:
+            key = shadow_of(key)
+        if key not in self.node().owned:
+            return None
+        return await self.store.search_global(keyword, shadow=shadow, now=self._clock())
+
+    async def local_search(self, keyword: str) -> list[SessionRecord]:
+        """Administrative scope: the sessions registered in this domain (any scope)."""
+        return await self.store.search_local(keyword, now=self._clock())
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Send away the records whose keys a re-split gave to another domain."""
+        node = self.node()
+        moved = 0
+        outside = await self.store.global_outside(node.owned.start, node.owned.end,
+                                                  now=self._clock(), limit=MIGRATE_BATCH)
+        for keyword, shadow, record, origin in outside:
+            try:
+                owner = await self.remote_register(keyword, record, shadow=shadow, origin=origin)
+            except (MsdError, aiohttp.ClientError, TimeoutError) as exc:
+                log.debug("migration of %s %s waits: %s", keyword, record.uri, exc)
+                continue
+            if owner != self.domain:
+                await self.store.delete_global(keyword, record.uri, shadow=shadow)
+                moved += 1
+        self.migrated += moved
+        return moved
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _next(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
+        if len(hops) >= MAX_HOPS:
+            raise RoutingFailed(f"gave up after {MAX_HOPS} hops: {' → '.join(hops[:5])} …")
+        if self.domain in hops:
+            raise RoutingFailed(f"routing loop through {self.domain}: {' → '.join(hops)}")
+        try:
+            return self.node().next_peer(key)
+        except LookupError as exc:
+            raise RoutingFailed(str(exc)) from None
+
+    async def _post(self, peer: Peer, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"http://{peer.host}:{peer.port}{path}"
+        timeout = aiohttp.ClientTimeout(total=HOP_TIMEOUT_S)
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", AUTH_HEADER: sign(data, key=self._key)}
+        try:
+            async with self._http.post(url, data=data, headers=headers,
+                                       timeout=timeout) as response:
+                answer: dict[str, Any] = await response.json()
+                if response.status != 200:
+                    raise RoutingFailed(f"{peer.domain} answered {response.status}: "
+                                        f"{answer.get('error', answer)}")
+                return answer
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise RoutingFailed(f"{peer.domain} at {peer.host}:{peer.port} did not answer "
+                                f"{path}: {exc or type(exc).__name__}") from None
+
+
+def parse_record(data: Any) -> SessionRecord:
+    """A session record from a request body (raises MsdError with the fields at fault)."""
+    try:
+        return SessionRecord.model_validate(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        raise MsdError(f"not a valid session record ({fields})") from None

@@ -1,0 +1,399 @@
+"""An MSD's session databases: local sessions, held keyword records, geo cells (SQLAlchemy 2)."""
+
+# One SQLite (WAL) file per domain by default, any async URL works; see docs/msd-store.md.
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from msd.errors import MsdError
+from msd.keyspace import SPACE, key_of, shadow_of
+from msd.schema import SessionRecord
+
+# Writers wait this long for SQLite's lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 5000
+SEARCH_MAX = 1000  # records one keyword search returns at most
+NEAR_MAX = 1000  # sessions one geo lookup returns at most
+CELLS_PER_QUERY = 500  # cell keys per IN list (SQLite caps bound parameters per statement)
+COLLECT_BATCH = 500  # URIs the collector deletes per transaction, so writers never wait long
+SQLITE_FILE = "msd.sqlite"
+
+_DOMAIN = re.compile(r"[a-z0-9_-][a-z0-9_.-]{0,252}")
+# 32 lower-case hex digits keep string order equal to numeric order; PostgreSQL must then
+# compare bytewise, not by a locale's collation.
+_KEY = sa.String(32).with_variant(sa.String(32, collation="C"), "postgresql")
+_URI = sa.String(330)  # mcast.<253-character domain>/<63-character id>
+_DDL_LOCK = 0x6D646E73  # "mdns": PostgreSQL advisory lock that serialises table creation
+
+metadata = sa.MetaData()
+
+local_sessions = sa.Table(
+    "local_sessions", metadata,
+    sa.Column("domain", sa.String(253), primary_key=True),
+    sa.Column("uri", _URI, primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),  # the SessionRecord as JSON
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+local_keywords = sa.Table(
+    "local_keywords", metadata,
+    sa.Column("uri", _URI, primary_key=True),
+    sa.Column("keyword", sa.String(64), primary_key=True, index=True),
+)
+global_records = sa.Table(
+    "global_records", metadata,
+    sa.Column("keyword", sa.String(64), primary_key=True),
+    sa.Column("uri", _URI, primary_key=True, index=True),
+    sa.Column("shadow", sa.Boolean, primary_key=True),
+    sa.Column("key", _KEY, nullable=False, index=True),  # h, or ~h for a shadow
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("origin", sa.String(253), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+geo_cells = sa.Table(
+    "geo_cells", metadata,
+    sa.Column("cell", sa.String(8), primary_key=True),
+    sa.Column("uri", _URI, primary_key=True, index=True),
+    sa.Column("kind", sa.String(8), primary_key=True),
+)
+LS, LK, GR, GC = local_sessions.c, local_keywords.c, global_records.c, geo_cells.c
+
+
+class StoreError(MsdError):
+    """The MSD database could not be reached or refused the operation."""
+
+
+class GeoKind(StrEnum):
+    """Which table a geo cell row points into."""
+
+    LOCAL = "local"
+    GLOBAL = "global"
+    SHADOW = "shadow"
+
+
+class HeldRecord(NamedTuple):
+    """A keyword record this MSD holds for the hierarchy."""
+
+    keyword: str
+    shadow: bool
+    record: SessionRecord
+    origin: str
+
+
+def geo_cell(lat: float, lon: float) -> str:
+    """The 1° cell 'row,col' of a point (row from latitude −90, column from longitude −180)."""
+    # To be replaced by msd.geo's cell key, which is the same formula.
+    return f"{min(179, max(0, math.floor(lat + 90.0)))},{math.floor(lon + 180.0) % 360}"
+
+
+def key_hex(key: int) -> str:
+    """A key as 32 lower-case hex digits, so that string order is numeric order."""
+    return format(key, "032x")
+
+
+def sqlite_url(data_dir: Path | str, domain: str) -> str:
+    """The default database of a domain: `<data_dir>/<domain>/msd.sqlite`."""
+    if not _DOMAIN.fullmatch(domain) or ".." in domain:
+        raise StoreError(f"domain {domain!r} is not a lower-case DNS name usable as a directory")
+    return f"sqlite+aiosqlite:///{Path(data_dir) / domain / SQLITE_FILE}"
+
+
+class MsdStore:
+    """The domain's sessions and held records behind one SQLAlchemy async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    def __repr__(self) -> str:
+        return f"MsdStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    @classmethod
+    async def open(cls, url: str) -> MsdStore:
+        """Connect, set SQLite's pragmas on every connection, and create missing tables."""
+        try:
+            parsed = sa.make_url(url)
+            path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(parsed)
+        except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
+            raise StoreError(f"cannot use database URL {url!r}: {exc}") from exc
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            # IF NOT EXISTS: the domain's MSD processes may start, and create, at the same time.
+            async with store._translate("create tables"), engine.begin() as conn:
+                if engine.dialect.name == "postgresql":  # its IF NOT EXISTS races in the catalog
+                    await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})"))
+                for table in metadata.sorted_tables:
+                    await conn.execute(CreateTable(table, if_not_exists=True))
+                    for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                        await conn.execute(CreateIndex(index, if_not_exists=True))
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        async with self._translate("ping"), self._engine.connect() as conn:
+            await conn.execute(sa.select(1))
+
+    async def put_local(self, record: SessionRecord, *, now: float) -> None:
+        """Insert or replace a session of this domain with its keyword set and geo cell."""
+        values = {"domain": record.domain, "uri": record.uri, "body": record.model_dump_json(),
+                  "scope": str(record.scope), "expires_at": record.expires_at, "updated_at": now}
+        keywords = [{"uri": record.uri, "keyword": keyword} for keyword in record.keywords]
+        # One transaction, opened by the first write: a failure anywhere leaves the old version.
+        async with self._translate("put local"), self._engine.begin() as conn:
+            await _upsert(conn, local_sessions, values, keys=("domain", "uri"))
+            await conn.execute(sa.delete(local_keywords).where(LK.uri == record.uri))
+            if keywords:
+                await conn.execute(sa.insert(local_keywords), keywords)
+            await _place(conn, record, kind=GeoKind.LOCAL)
+
+    async def get_local(self, uri: str, *, now: float) -> SessionRecord | None:
+        """The session registered here under `uri`, or None if there is none or it expired."""
+        query = sa.select(LS.body).where(LS.uri == uri, LS.expires_at > now)
+        async with self._translate("get local"), self._engine.connect() as conn:
+            body = (await conn.execute(query)).scalar_one_or_none()
+        return None if body is None else _parse(body)
+
+    async def delete_local(self, uri: str) -> bool:
+        """Remove a session with its keyword and geo rows; False if there was none."""
+        async with self._translate("delete local"), self._engine.begin() as conn:
+            result = await conn.execute(sa.delete(local_sessions).where(LS.uri == uri))
+            await conn.execute(sa.delete(local_keywords).where(LK.uri == uri))
+            await conn.execute(sa.delete(geo_cells).where(GC.uri == uri, GC.kind == GeoKind.LOCAL))
+        return bool(result.rowcount)
+
+    async def search_local(
+        self, keyword: str, *, now: float, scope: str | None = None, limit: int = SEARCH_MAX
+    ) -> list[SessionRecord]:
+        """Unexpired sessions of this domain carrying `keyword`, optionally of one scope."""
+        query = (sa.select(LS.body).join(local_keywords, LK.uri == LS.uri)
+                 .where(LK.keyword == keyword, LS.expires_at > now)
+                 .order_by(LS.uri).limit(_check_limit(limit)))
+        if scope is not None:
+            query = query.where(LS.scope == scope)
+        return await self._bodies("search local", query)
+
+    async def put_global(
+        self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str, now: float
+    ) -> None:
+        """Insert or refresh the record held for `keyword` (a shadow is stored under ~h)."""
+        if keyword not in record.keywords:
+            raise StoreError(f"record {record.uri} does not carry keyword {keyword!r}")
+        key = key_of(keyword)
+        values = {"keyword": keyword, "uri": record.uri, "shadow": shadow,
+                  "key": key_hex(shadow_of(key) if shadow else key),
+                  "body": record.model_dump_json(), "origin": origin,
+                  "expires_at": record.expires_at, "updated_at": now}
+        async with self._translate("put global"), self._engine.begin() as conn:
+            await _upsert(conn, global_records, values, keys=("keyword", "uri", "shadow"))
+            await _place(conn, record, kind=GeoKind.SHADOW if shadow else GeoKind.GLOBAL)
+
+    async def search_global(
+        self, keyword: str, *, shadow: bool, now: float, limit: int = SEARCH_MAX
+    ) -> list[SessionRecord]:
+        """Unexpired records held for `keyword`: primaries, or shadows."""
+        query = (sa.select(GR.body)
+                 .where(GR.keyword == keyword, GR.shadow == shadow, GR.expires_at > now)
+                 .order_by(GR.uri).limit(_check_limit(limit)))
+        return await self._bodies("search global", query)
+
+    async def global_outside(
+        self, start: int, end: int, *, now: float, limit: int
+    ) -> list[HeldRecord]:
+        """Unexpired held records whose key is not in [start, end): those to migrate."""
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= SPACE):
+            raise StoreError(f"need 0 <= start < end <= 2**128, got {start!r}, {end!r}")
+        outside = [GR.key < key_hex(start)]
+        if end < SPACE:  # the top end needs 33 hex digits, and no key lies at or above it
+            outside.append(GR.key >= key_hex(end))
+        query = (sa.select(GR.keyword, GR.shadow, GR.body, GR.origin)
+                 .where(sa.or_(*outside), GR.expires_at > now)
+                 .order_by(GR.key, GR.keyword, GR.uri, GR.shadow).limit(_check_limit(limit)))
+        async with self._translate("list records outside a range"), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [HeldRecord(r.keyword, bool(r.shadow), _parse(r.body), r.origin) for r in rows]
+
+    async def delete_global(self, keyword: str, uri: str, *, shadow: bool) -> bool:
+        """Remove one held record (and its geo row if it was the session's last); False if none."""
+        match = (GR.keyword == keyword, GR.uri == uri, GR.shadow == shadow)
+        async with self._translate("delete global"), self._engine.begin() as conn:
+            result = await conn.execute(sa.delete(global_records).where(*match))
+            await _drop_orphan_cells(conn, [uri], shadow=shadow)
+        return bool(result.rowcount)
+
+    async def near(
+        self, cell_keys: Iterable[str], *, kinds: Iterable[GeoKind | str], now: float,
+        limit: int = NEAR_MAX,
+    ) -> list[SessionRecord]:
+        """Unexpired sessions with a geo row of one of `kinds` in one of the cells, each once."""
+        cells = sorted(set(cell_keys))
+        try:
+            wanted = [GeoKind(kind) for kind in dict.fromkeys(kinds)]
+        except ValueError as exc:
+            raise StoreError(f"geo kinds are {[k.value for k in GeoKind]}: {exc}") from None
+        _check_limit(limit)
+        found: dict[str, SessionRecord] = {}  # by URI: a session may be both local and held
+        async with self._translate("near"), self._engine.connect() as conn:
+            for kind in wanted:
+                for i in range(0, len(cells), CELLS_PER_QUERY):
+                    query = _near_query(cells[i:i + CELLS_PER_QUERY], kind, now=now, limit=limit)
+                    for uri, body in (await conn.execute(query)).all():
+                        if uri not in found and len(found) < limit:
+                            found[uri] = _parse(body)
+        return list(found.values())
+
+    async def collect_expired(self, *, now: float) -> int:
+        """Delete expired sessions and records with their keyword and geo rows; count rows."""
+        gone = 0
+        for step in (_collect_local, _collect_global):
+            while True:
+                async with self._translate("collect expired"), self._engine.begin() as conn:
+                    rows, batch = await step(conn, now=now)
+                gone += rows
+                if batch < COLLECT_BATCH:
+                    break
+        return gone
+
+    async def counts(self, *, now: float) -> dict[str, int]:
+        """Unexpired local sessions, global records and shadow records."""
+        local = sa.select(sa.func.count()).where(LS.expires_at > now)
+        held = sa.select(GR.shadow, sa.func.count()).where(GR.expires_at > now).group_by(GR.shadow)
+        async with self._translate("count"), self._engine.connect() as conn:
+            sessions = int((await conn.execute(local)).scalar_one())
+            by_kind = {bool(shadow): int(n) for shadow, n in (await conn.execute(held)).all()}
+        return {"local_sessions": sessions, "global_records": by_kind.get(False, 0),
+                "shadow_records": by_kind.get(True, 0)}
+
+    async def _bodies(self, operation: str, query: sa.Select[Any]) -> list[SessionRecord]:
+        async with self._translate(operation), self._engine.connect() as conn:
+            bodies = (await conn.execute(query)).scalars().all()
+        return [_parse(body) for body in bodies]
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, operation: str) -> AsyncIterator[None]:
+        # Library and OS errors stop here, as StoreError; the transaction has rolled back.
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"database {operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _upsert(
+    conn: AsyncConnection, table: sa.Table, values: dict[str, Any], *, keys: Sequence[str]
+) -> None:
+    changes = {name: value for name, value in values.items() if name not in keys}
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        # One statement: two processes re-registering at once cannot both miss and both insert.
+        dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+        statement = dialect_insert(table).values(**values)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[table.c[key] for key in keys],
+            set_={column: statement.excluded[column] for column in changes}))
+        return
+    match = [table.c[key] == values[key] for key in keys]
+    if (await conn.execute(sa.update(table).where(*match).values(**changes))).rowcount == 0:
+        await conn.execute(sa.insert(table).values(**values))
+
+
+async def _collect_local(conn: AsyncConnection, *, now: float) -> tuple[int, int]:
+    batch = sa.select(LS.uri).where(LS.expires_at <= now).order_by(LS.uri).limit(COLLECT_BATCH)
+    uris = list((await conn.execute(batch)).scalars())
+    if not uris:
+        return 0, 0
+    # Expiry is checked again (a refresh may have come in), and rows go only with their session.
+    sessions = sa.delete(local_sessions).where(LS.uri.in_(uris), LS.expires_at <= now)
+    rows = (await conn.execute(sessions)).rowcount
+    for table, uri, *more in ((local_keywords, LK.uri), (geo_cells, GC.uri, GC.kind == "local")):
+        orphan = ~sa.exists().where(LS.uri == uri)
+        rows += (await conn.execute(sa.delete(table).where(uri.in_(uris), orphan, *more))).rowcount
+    return rows, len(uris)
+
+
+async def _collect_global(conn: AsyncConnection, *, now: float) -> tuple[int, int]:
+    batch = (sa.select(GR.uri).where(GR.expires_at <= now).group_by(GR.uri).order_by(GR.uri)
+             .limit(COLLECT_BATCH))
+    uris = list((await conn.execute(batch)).scalars())
+    if not uris:
+        return 0, 0
+    records = sa.delete(global_records).where(GR.uri.in_(uris), GR.expires_at <= now)
+    rows = (await conn.execute(records)).rowcount
+    for shadow in (False, True):
+        rows += await _drop_orphan_cells(conn, uris, shadow=shadow)
+    return rows, len(uris)
+
+
+async def _place(conn: AsyncConnection, record: SessionRecord, *, kind: GeoKind) -> None:
+    # A session has at most one cell per kind: moving it replaces the row.
+    await conn.execute(sa.delete(geo_cells).where(GC.uri == record.uri, GC.kind == kind))
+    if record.lat is not None and record.lon is not None:
+        cell = geo_cell(record.lat, record.lon)
+        await conn.execute(sa.insert(geo_cells).values(cell=cell, uri=record.uri, kind=kind))
+
+
+async def _drop_orphan_cells(conn: AsyncConnection, uris: list[str], *, shadow: bool) -> int:
+    # A held session keeps its geo row while any of its keyword records of that kind remains.
+    kind = GeoKind.SHADOW if shadow else GeoKind.GLOBAL
+    orphan = ~sa.exists().where(GR.uri == GC.uri, GR.shadow == shadow)
+    statement = sa.delete(geo_cells).where(GC.uri.in_(uris), GC.kind == kind, orphan)
+    return int((await conn.execute(statement)).rowcount)
+
+
+def _near_query(cells: list[str], kind: GeoKind, *, now: float, limit: int) -> sa.Select[Any]:
+    if kind is GeoKind.LOCAL:
+        return (sa.select(LS.uri, LS.body)
+                .join(geo_cells, sa.and_(GC.uri == LS.uri, GC.kind == kind))
+                .where(GC.cell.in_(cells), LS.expires_at > now).order_by(LS.uri).limit(limit))
+    # A held session has a record per keyword; the latest unexpired one gives its body.
+    live = (GR.uri == GC.uri, GR.shadow == (kind is GeoKind.SHADOW), GR.expires_at > now)
+    body = sa.select(GR.body).where(*live).order_by(GR.updated_at.desc()).limit(1)
+    return (sa.select(GC.uri, body.scalar_subquery())
+            .where(GC.kind == kind, GC.cell.in_(cells), sa.exists().where(*live))
+            .order_by(GC.uri).limit(limit))
+
+
+def _check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise StoreError(f"limit must be a positive integer, got {limit!r}")
+    return limit
+
+
+def _parse(body: str) -> SessionRecord:
+    try:
+        return SessionRecord.model_validate_json(body)
+    except ValidationError as exc:
+        raise StoreError(f"a stored record is not a valid session: {exc}") from None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Per connection, because SQLite forgets all but journal_mode when a connection closes.
+    pragmas = ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()

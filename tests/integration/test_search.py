@@ -1,0 +1,91 @@
+"""Sessions end to end on real daemons: register anywhere, find from everywhere, through shadows."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from client.register import register_everywhere
+from client.search import SearchClient
+from tests.integration.test_msd_tree import _settled, _start, _statuses, _wait
+from vdns.harness import Hierarchy
+
+KEYWORDS = (Path(__file__).resolve().parents[2].parent / "shared" / "thesis"
+            / "latency-keywords.txt")
+
+
+@pytest.fixture
+async def scenario3(tmp_path: Path) -> AsyncIterator[Hierarchy]:
+    hierarchy = await _start(tmp_path, "scenario3")
+    await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)
+    yield hierarchy
+    await hierarchy.close()
+
+
+def _session(number: int, keyword: str, *, scope: str = "global") -> dict[str, Any]:
+    return {"id": f"s{number}", "title": f"Session {number}", "keywords": [keyword, "common"],
+            "group": f"239.255.{number // 250}.{number % 250 + 1}", "port": 5004,
+            "scope": scope, "lat": 29.6 + number / 1000, "lon": -82.3}
+
+
+async def test_sessions_registered_anywhere_are_found_from_every_domain(
+    scenario3: Hierarchy,
+) -> None:
+    rng = random.Random(5)
+    domains = sorted(scenario3.domains)
+    dns = scenario3.root.dns_address
+    words = [f"kw{i}" for i in range(40)]
+    placed: dict[str, tuple[str, str]] = {}
+    async with aiohttp.ClientSession() as http:
+        for number, word in enumerate(words):
+            domain = rng.choice(domains)
+            scope = "local" if number % 10 == 0 else "global"
+            registration, answer = await register_everywhere(
+                http, domain=domain, session=_session(number, word, scope=scope),
+                dns_server=dns)
+            assert all("owner" in route for route in answer["routed"]), answer
+            placed[word] = (registration.uri, scope)
+        for home in domains:
+            client = SearchClient(home=home, dns_server=dns, http=http)
+            for word, (uri, scope) in placed.items():
+                hits = await client.search(word)
+                found = [hit.session.uri for hit in hits]
+                home_owns = uri.startswith(f"mcast.{home}/")
+                expected = [uri] if scope == "global" or home_owns else []
+                assert found == expected, (home, word, found, expected)
+
+
+async def test_the_shadow_answers_when_the_owner_is_dead(scenario3: Hierarchy) -> None:
+    dns = scenario3.root.dns_address
+    domains = sorted(scenario3.domains)
+    async with aiohttp.ClientSession() as http:
+        session = _session(1, "jazz") | {"keywords": [f"jazz{i}" for i in range(10)]}
+        registered = await register_everywhere(http, domain=domains[0], session=session,
+                                               dns_server=dns)
+        owners = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if not r["shadow"]}
+        shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
+        # A keyword whose owner is neither the registering, the searching nor its shadow domain.
+        word, owner = next((w, o) for w, o in owners.items()
+                           if o not in (domains[0], domains[-1], shadows[w]))
+        client = SearchClient(home=domains[-1], dns_server=dns, http=http)
+        first = await client.search(word)
+        assert [h.session.uri for h in first] == [registered[0].uri]
+        msds = scenario3.domains[owner].msds
+        assert msds is not None
+        await msds.kill()
+        hits = await client.search(word)  # the cached redirect now points at a dead owner
+        assert [h.session.uri for h in hits] == [registered[0].uri]
+        assert client.stats.shadow_used >= 1
+        await msds.restart()
+        await _wait(scenario3, lambda s: _settled(s, expected=10), timeout=30)
+        await asyncio.sleep(0.5)
+        fresh = SearchClient(home=domains[-1], dns_server=dns, http=http)
+        assert [h.session.uri for h in await fresh.search(word)] == [registered[0].uri]
+        assert fresh.stats.shadow_used == 0  # the restarted owner lost nothing
+    assert await _statuses(scenario3)
