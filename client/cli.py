@@ -13,6 +13,8 @@ from typing import TextIO
 
 from client.errors import ClientError
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
+from client.session_commands import add_parsers as add_session_parsers
+from client.session_commands import run as run_session_command
 from client.uri import parse_uri
 from msd.errors import MsdError
 from urs.errors import UrsError
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="this host's multicast is broken: elect through the URS and "
                               "ask the parent for unicast heartbeats")
     _tree_options(msd_cmd)
+    add_session_parsers(commands)
     return parser
 
 
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_status(args, out=sys.stdout))
         if args.command == "msd":
             return _msd(args)
+        if args.command in ("register", "search", "open"):
+            return run_session_command(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
         print(f"mdns: {exc}", file=sys.stderr)
         return 1

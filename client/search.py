@@ -73,12 +73,20 @@ class SearchClient:
         return self._home_msd
 
     async def search(self, text: str | Query) -> list[Hit[SessionRecord]]:
-        query = parse(text) if isinstance(text, str) else text
-        if isinstance(query.near, str):
-            query = resolve_near(query, gazetteer=gazetteer())
+        """The whole hierarchy's global sessions, plus the home domain's own."""
+        query = _prepared(text)
         keywords = positive_keywords(query)
         answers = await asyncio.gather(*(self._keyword(k, scope=query.scope) for k in keywords))
         by_keyword = dict(zip(keywords, answers, strict=True))
+        return evaluate(query, by_keyword, geodesic_km=distance_km)
+
+    async def search_domain(self, text: str | Query) -> list[Hit[SessionRecord]]:
+        """Only the home domain's sessions that may leave it (global scope), from its MSD."""
+        query = _prepared(text)
+        keywords = positive_keywords(query)
+        answers = await asyncio.gather(*(self._local(k) for k in keywords))
+        by_keyword = {k: [r for r in found if r.scope is Scope.GLOBAL]
+                      for k, found in zip(keywords, answers, strict=True)}
         return evaluate(query, by_keyword, geodesic_km=distance_km)
 
     async def _keyword(self, keyword: str, *, scope: Scope | None) -> list[SessionRecord]:
@@ -181,6 +189,13 @@ async def designated_msd(
     if not designated:
         raise ClientError(f"{domain} has no designated MSD (are its MSD daemons running?)")
     return f"http://{designated['address']}:{designated['port']}"
+
+
+def _prepared(text: str | Query) -> Query:
+    query = parse(text) if isinstance(text, str) else text
+    if isinstance(query.near, str):
+        query = resolve_near(query, gazetteer=gazetteer())
+    return query
 
 
 _GAZETTEER: OfflineGazetteer | None = None

@@ -76,6 +76,8 @@ async def run_up(
     try:
         await hierarchy.start()
         await hierarchy.wait_ready(timeout=ready_timeout)
+        if msds:
+            await hierarchy.wait_settled(timeout=ready_timeout)
         registered = await _register_samples(hierarchy, samples, data_dir=data_dir, out=out)
         _print_summary(hierarchy, registered, data_dir=data_dir, out=out)
         await stop.wait()
@@ -132,6 +134,8 @@ async def _register_samples(
                 raise ClientError(f"{SAMPLES_FILE}: no domain {domain!r} in this hierarchy")
             result = await register_with_urs(http, base_url=running.urs_url, domain=domain,
                                              session=session)
+            if hierarchy.msds:
+                await _index_at_msd(http, urs_url=running.urs_url, session_id=session["id"])
             if result.token is not None:
                 tokens[result.uri] = result.token
             state = "registered" if result.created else "already registered"
@@ -139,6 +143,18 @@ async def _register_samples(
             uris.append(result.uri)
     _write_private(tokens_path, json.dumps(tokens, indent=2) + "\n")
     return uris
+
+
+async def _index_at_msd(http: aiohttp.ClientSession, *, urs_url: str, session_id: str) -> None:
+    """Have the domain's designated MSD index the session (its URS holds it already)."""
+    async with http.get(f"{urs_url}/bootstrap/designated") as response:
+        designated = (await response.json()).get("designated")
+    if not designated:
+        raise ClientError(f"{urs_url} names no designated MSD to index {session_id!r} at")
+    url = f"http://{designated['address']}:{designated['port']}/sessions"
+    async with http.post(url, json={"id": session_id}) as response:
+        if response.status != 200:
+            raise ClientError(f"the MSD at {url} refused {session_id!r}: {await response.text()}")
 
 
 def _sample(sample: Any, *, where: str) -> tuple[str, dict[str, Any]]:

@@ -233,6 +233,8 @@ class MsdDaemon:
                     generation = node.generation
                     await self.sessions.migrate()
                     self._migrated_generation = generation
+                if node is not None and self.sessions.unrouted:
+                    await self.sessions.retry_unrouted()
                 if time.monotonic() >= next_collect:
                     next_collect = time.monotonic() + self.settings.collect_every_s
                     await self.store.collect_expired(now=time.time())
@@ -446,6 +448,7 @@ class MsdDaemon:
             "records": self.record_counts,
             "routed_requests": self.sessions.routed if self.sessions else 0,
             "route_failures": self.sessions.route_failures if self.sessions else 0,
+            "unrouted_sessions": len(self.sessions.unrouted) if self.sessions else 0,
             "migrated": self.sessions.migrated if self.sessions else 0,
             "control_bytes": control_bytes,
             "control_bytes_per_s": round(control_bytes / uptime, 1),

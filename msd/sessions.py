@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_HOPS = 64
 HOP_TIMEOUT_S = 2.0
 MIGRATE_BATCH = 500
+RETRY_MAX = 10_000  # sessions whose keyword routes await another try (bounded; oldest dropped)
 AUTH_HEADER = "X-Mdns-Auth"
 
 
@@ -66,6 +67,8 @@ class SessionService:
         self.routed = 0
         self.route_failures = 0
         self.migrated = 0
+        # URIs of local sessions with keyword records that could not be routed yet.
+        self.unrouted: dict[str, None] = {}
 
     def node(self) -> Node:
         node = self._node()
@@ -104,7 +107,21 @@ class SessionService:
                 report.append({"keyword": keyword, "shadow": shadow, "error": str(result)})
             else:
                 report.append({"keyword": keyword, "shadow": shadow, "owner": result})
+        self.unrouted.pop(record.uri, None)
+        if any("error" in row for row in report):
+            self.unrouted[record.uri] = None  # housekeeping tries again
+            while len(self.unrouted) > RETRY_MAX:
+                self.unrouted.pop(next(iter(self.unrouted)))
         return report
+
+    async def retry_unrouted(self) -> None:
+        """Route again the sessions whose keyword records could not reach their owners."""
+        for uri in list(self.unrouted)[:MIGRATE_BATCH]:
+            record = await self.store.get_local(uri, now=self._clock())
+            if record is None:
+                self.unrouted.pop(uri, None)  # expired or gone: nothing to route
+                continue
+            await self.route_record(record)
 
     async def remote_register(
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str,

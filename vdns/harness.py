@@ -195,6 +195,22 @@ class Hierarchy:
                     raise VdnsError(f"not answering after {timeout:.0f} s: {', '.join(pending)}")
                 await asyncio.sleep(0.1)
 
+    async def wait_settled(self, *, timeout: float = 30.0) -> None:
+        """Return once the MSD tree has formed: every domain joined, the root counting all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        expected = len(self.domains)
+        async with ClientSession(timeout=ClientTimeout(total=2)) as http:
+            while True:
+                states = [await _tree_state(http, d) for d in self.domains.values()]
+                roots = [count for state, count in states if state == "root"]
+                joined = all(state in ("root", "joined") for state, _ in states)
+                if joined and roots == [expected]:
+                    return
+                if loop.time() > deadline:
+                    raise VdnsError(f"the MSD tree did not settle within {timeout:.0f} s")
+                await asyncio.sleep(self.heartbeat_s / 4)
+
     async def close(self) -> None:
         """Stop every server; safe to call twice, and after a failed start."""
         domains, self.domains = list(self.domains.values()), {}
@@ -265,11 +281,32 @@ async def _dns_answers(domain: RunningDomain) -> bool:
 
 
 async def _has_designated(http: ClientSession, domain: RunningDomain) -> bool:
+    """The URS names a designated MSD, and that daemon has taken its place in the tree."""
     try:
         async with http.get(f"{domain.urs_url}/bootstrap/designated") as response:
-            return response.status == 200 and (await response.json()).get("designated") is not None
-    except (ClientError, TimeoutError, ValueError):
+            designated = (await response.json()).get("designated")
+        if not designated:
+            return False
+        status_url = f"http://{designated['address']}:{designated['port']}/status"
+        async with http.get(status_url) as answer:
+            return answer.status == 200 and "state" in await answer.json()
+    except (ClientError, TimeoutError, ValueError, KeyError):
         return False
+
+
+async def _tree_state(http: ClientSession, domain: RunningDomain) -> tuple[str, int]:
+    """(state, subtree count) of the domain's designated MSD, ("", 0) when unknown."""
+    try:
+        async with http.get(f"{domain.urs_url}/bootstrap/designated") as response:
+            designated = (await response.json()).get("designated")
+        if not designated:
+            return "", 0
+        status_url = f"http://{designated['address']}:{designated['port']}/status"
+        async with http.get(status_url) as answer:
+            status = await answer.json()
+        return str(status.get("state", "")), int(status.get("count", 0))
+    except (ClientError, TimeoutError, ValueError, KeyError):
+        return "", 0
 
 
 async def _urs_answers(http: ClientSession, domain: RunningDomain) -> bool:

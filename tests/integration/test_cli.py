@@ -117,6 +117,42 @@ def test_status_shows_the_settled_tree_of_msd_processes(demo: Demo) -> None:
     assert re.search(r"^  ufl\.edu .*\n    cise\.ufl\.edu ", tree.stdout, re.M), tree.stdout
 
 
+def test_register_and_search_from_the_command_line(demo: Demo) -> None:
+    dns = f"127.0.0.1:{demo.dns_port}"
+    jazz = _mdns("search", "jazz", "--home", "mit.edu", "--dns", dns, "--json")
+    assert jazz.returncode == 0, jazz.stderr
+    assert [s["uri"] for s in json.loads(jazz.stdout)] == ["mcast.cise.ufl.edu/jazz-night"]
+
+    registered = _mdns("register", "--domain", "mit.edu", "--dns", dns, "--json",
+                       "--id", "jazz-club", "--title", "MIT jazz club", "--keywords",
+                       "Jazz, music", "--group", "239.255.7.7", "--port", "5010",
+                       "--lat", "42.36", "--lon", "-71.09")
+    assert registered.returncode == 0, registered.stderr
+    result = json.loads(registered.stdout)
+    assert result["uri"] == "mcast.mit.edu/jazz-club" and result["token"]
+    assert len(result["routed"]) == 4 and all("owner" in r for r in result["routed"])
+
+    near = _mdns("search", 'jazz near:"Cambridge, MA" within:10', "--home", "ufl.edu",
+                 "--dns", dns, "--json")
+    assert near.returncode == 0, near.stderr
+    hits = json.loads(near.stdout)
+    assert [h["uri"] for h in hits] == ["mcast.mit.edu/jazz-club"]
+    assert 0 < hits[0]["distance_km"] < 10
+
+    local = _mdns("search", "lecture", "--home", "ufl.edu", "--dns", dns)
+    assert local.returncode == 0 and local.stdout.strip() == "no sessions found"
+    own = _mdns("search", "lecture", "--home", "mit.edu", "--dns", dns, "--m3u")
+    assert own.stdout.splitlines()[0] == "#EXTM3U" and "rtp://@[ff15::6006]:5008" in own.stdout
+
+    refused = _mdns("search", "NOT jazz", "--home", "edu", "--dns", dns)
+    assert refused.returncode == 1 and "not negated" in refused.stderr
+    bad = _mdns("register", "--domain", "mit.edu", "--dns", dns, "--id", "x", "--title", "X",
+                "--keywords", "a", "--group", "10.0.0.1", "--port", "1")
+    assert bad.returncode == 1 and "group" in bad.stderr and "not a multicast" in bad.stderr
+    opened = _mdns("open", "mcast.ufl.edu/gators", "--dns", dns, "--print")
+    assert opened.stdout.strip() == "ffplay rtp://@239.255.0.150:5004"
+
+
 def test_up_stops_cleanly_on_sigterm(demo: Demo) -> None:
     process = demo.process
     process.send_signal(signal.SIGTERM)

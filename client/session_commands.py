@@ -1,0 +1,262 @@
+"""`mdns register`, `mdns search` and `mdns open`: the session commands of the client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import dns.resolver
+from pydantic import ValidationError
+
+from client.errors import ClientError
+from client.register import register_everywhere, update_with_urs
+from client.resolve import resolve
+from client.search import SearchClient
+from client.uri import parse_uri
+from msd.query import GRAMMAR, Hit
+from msd.schema import Session, SessionRecord, field_errors
+from urs.locate import locate_urs, parse_dns_server
+
+CONFIG_NAME = "client.json"
+LIST_FIELDS = {"keywords"}
+NUMBER_FIELDS = {"port": int, "fallback_port": int, "ttl": int, "lat": float, "lon": float}
+
+
+def add_parsers(commands: Any) -> None:
+    register = commands.add_parser(
+        "register", help="register a session with its domain's URS and MSD in one step",
+        description="Register a session: the domain's URS gives it its URI and an owner "
+                    "token, then the designated MSD indexes it (and routes its keywords if "
+                    "its scope is global). Fields come from a JSON FILE, flags, or both "
+                    "(flags win). With --token, an existing session is updated instead.")
+    register.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                          help="a JSON object with the session's fields (docs/schema.md)")
+    register.add_argument("--domain", required=True, help="the domain to register in")
+    register.add_argument("--dns", metavar="HOST:PORT", help="DNS server to find the domain")
+    register.add_argument("--token", help="the owner token, to update an existing session")
+    register.add_argument("--keep-alive", action="store_true",
+                          help="refresh the session every ttl/3 seconds until stopped")
+    register.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name in Session.model_fields:
+        flag = "--" + name.replace("_", "-")
+        register.add_argument(flag, dest=f"field_{name}", metavar=name.upper(),
+                              help="comma-separated" if name in LIST_FIELDS else None)
+
+    search = commands.add_parser(
+        "search", help="search the directory: keywords, AND/OR/NOT, near:, scope: ...",
+        description="Search every domain's global sessions and your home domain's own ones.",
+        epilog=GRAMMAR, formatter_class=argparse.RawDescriptionHelpFormatter)
+    search.add_argument("query", help='e.g. "jazz near:29.6,-82.3"')
+    search.add_argument("--home", help="your home domain, whose MSD you ask (default: "
+                        "$MDNS_HOME, then the config file, then the DNS search domain)")
+    search.add_argument("--domain", help="search only this domain's sessions")
+    search.add_argument("--dns", metavar="HOST:PORT", help="DNS server to find the domains")
+    output = search.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the sessions as JSON")
+    output.add_argument("--m3u", action="store_true", help="print an M3U playlist")
+
+    open_cmd = commands.add_parser(
+        "open", help="open a session's stream in its preferred player (or print the command)")
+    open_cmd.add_argument("uri", help="mcast.<domain>/<id>")
+    open_cmd.add_argument("--dns", metavar="HOST:PORT")
+    open_cmd.add_argument("--print", action="store_true", dest="print_only",
+                          help="only print the command line")
+
+
+def run(args: argparse.Namespace, *, out: TextIO) -> int:
+    if args.command == "register":
+        return asyncio.run(_register(args, out=out))
+    if args.command == "search":
+        return asyncio.run(_search(args, out=out))
+    return asyncio.run(_open(args, out=out))
+
+
+# --- register --------------------------------------------------------------------------------
+
+def session_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The session's fields from FILE and flags, checked against the schema here first."""
+    session: dict[str, Any] = {}
+    if args.file is not None:
+        try:
+            session = json.loads(args.file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"{args.file}: not a readable JSON object ({exc})") from None
+        if not isinstance(session, dict):
+            raise ClientError(f"{args.file}: expected a JSON object of session fields")
+    for name in Session.model_fields:
+        value = getattr(args, f"field_{name}")
+        if value is None:
+            continue
+        if name in LIST_FIELDS:
+            session[name] = [part.strip() for part in value.split(",") if part.strip()]
+        elif name in NUMBER_FIELDS:
+            try:
+                session[name] = NUMBER_FIELDS[name](value)
+            except ValueError:
+                raise ClientError(f"--{name.replace('_', '-')} {value!r} is not a number") \
+                    from None
+        else:
+            session[name] = value
+    try:
+        Session.model_validate(session)
+    except ValidationError as exc:
+        problems = "; ".join(f"{e.field}: {e.message}" for e in field_errors(exc))
+        raise ClientError(f"the session is not valid: {problems}") from None
+    return session
+
+
+async def _register(args: argparse.Namespace, *, out: TextIO) -> int:
+    session = session_from(args)
+    dns_server = parse_dns_server(args.dns) if args.dns else None
+    token = args.token
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        registration, answer = await register_everywhere(
+            http, domain=args.domain, session=session, dns_server=dns_server, token=token)
+        token = registration.token or token
+        routed = answer.get("routed", [])
+        failed = [r for r in routed if "error" in r]
+        if args.json:
+            print(json.dumps({"uri": registration.uri, "token": token, "routed": routed}),
+                  file=out)
+        else:
+            verb = "registered" if registration.created else "updated"
+            print(f"{verb} {registration.uri}", file=out)
+            if registration.created:
+                print(f"owner token: {token}  (keep it: --token updates the session)", file=out)
+            print(f"keyword records routed: {len(routed) - len(failed)} of {len(routed)}"
+                  + (f" ({len(failed)} will be retried by --keep-alive)" if failed else ""),
+                  file=out)
+        if not args.keep_alive:
+            return 0
+        assert token is not None
+        ttl = int(session.get("ttl", Session.model_fields["ttl"].default))
+        location = await locate_urs(args.domain, dns_server=dns_server)
+        print(f"keeping {registration.uri} alive every {ttl / 3:.0f} s; Ctrl-C stops",
+              file=out, flush=True)
+        while True:
+            await asyncio.sleep(ttl / 3)
+            await update_with_urs(http, base_url=location.base_url, domain=args.domain,
+                                  session=session, token=token)
+            await register_everywhere(http, domain=args.domain, session=session,
+                                      dns_server=dns_server, token=token)
+
+
+# --- search ----------------------------------------------------------------------------------
+
+def home_domain(args: argparse.Namespace) -> str:
+    """--home, else $MDNS_HOME, else the config file, else the host's DNS search domain."""
+    if args.home:
+        return str(args.home)
+    if os.environ.get("MDNS_HOME"):
+        return os.environ["MDNS_HOME"]
+    config = _config()
+    if isinstance(config.get("home"), str):
+        return str(config["home"])
+    try:
+        resolver = dns.resolver.Resolver()
+        if resolver.search:
+            return resolver.search[0].to_text().rstrip(".")
+        if resolver.domain and resolver.domain.to_text() != ".":
+            return resolver.domain.to_text().rstrip(".")
+    except dns.resolver.NoResolverConfiguration:
+        pass
+    raise ClientError("no home domain: give --home D, set MDNS_HOME, or add "
+                      f'{{"home": "D"}} to {_config_path()}')
+
+
+async def _search(args: argparse.Namespace, *, out: TextIO) -> int:
+    dns_text = args.dns or _config().get("dns")
+    dns_server = parse_dns_server(dns_text) if dns_text else None
+    home = args.domain or home_domain(args)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        client = SearchClient(home=home, dns_server=dns_server, http=http)
+        if args.domain:
+            hits = await client.search_domain(args.query)
+        else:
+            hits = await client.search(args.query)
+    if args.json:
+        print(json.dumps([_hit_json(hit) for hit in hits], indent=2), file=out)
+    elif args.m3u:
+        out.write(m3u(hits))
+    else:
+        print(format_hits(hits), file=out)
+    return 0
+
+
+def _hit_json(hit: Hit[SessionRecord]) -> dict[str, Any]:
+    data = hit.session.model_dump(mode="json")
+    if hit.distance_km is not None:
+        data["distance_km"] = round(hit.distance_km, 3)
+    return data
+
+
+def stream_url(record: SessionRecord) -> str:
+    scheme = "rtp" if record.stream_type == "rtp" else "udp"
+    group = f"[{record.group}]" if ":" in record.group else record.group
+    source = record.source or ""
+    return f"{scheme}://{source}@{group}:{record.port}"
+
+
+def m3u(hits: list[Hit[SessionRecord]]) -> str:
+    lines = ["#EXTM3U"]
+    for hit in hits:
+        lines += [f"#EXTINF:-1,{hit.session.title} ({hit.session.uri})",
+                  stream_url(hit.session)]
+    return "\n".join(lines) + "\n"
+
+
+def format_hits(hits: list[Hit[SessionRecord]]) -> str:
+    if not hits:
+        return "no sessions found"
+    rows = [("title", "uri", "group:port", "source", "distance", "domain")]
+    for hit in hits:
+        s = hit.session
+        distance = f"{hit.distance_km:.1f} km" if hit.distance_km is not None else ""
+        group = f"[{s.group}]" if ":" in s.group else s.group
+        rows.append((s.title[:40], s.uri, f"{group}:{s.port}", s.source or "", distance,
+                     s.domain))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
+
+
+# --- open ------------------------------------------------------------------------------------
+
+async def _open(args: argparse.Namespace, *, out: TextIO) -> int:
+    dns_server = parse_dns_server(args.dns) if args.dns else None
+    resolved = await resolve(parse_uri(args.uri), dns_server=dns_server)
+    record = resolved.record
+    player = record.application or "ffplay"
+    command = [player, *shlex.split(record.cli_args or ""), stream_url(record)]
+    if args.print_only or shutil.which(player) is None:
+        print(shlex.join(command), file=out)
+        if not args.print_only:
+            print(f"({player} is not installed here; run the line above where it is)",
+                  file=sys.stderr)
+        return 0
+    os.execvp(player, command)
+    return 0  # not reached
+
+
+def _config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mdns" / CONFIG_NAME
+
+
+def _config() -> dict[str, Any]:
+    path = _config_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"{path}: not a readable JSON object ({exc})") from None
+    return data if isinstance(data, dict) else {}
