@@ -65,6 +65,10 @@ class SearchClient:
         self._home_msd: str | None = None
         self.stats = SearchStats()
 
+    def set_home_msd(self, url: str) -> None:
+        """Use this MSD as the home one (an MSD searching on its callers' behalf)."""
+        self._home_msd = url
+
     async def home_msd(self, *, refresh: bool = False) -> str:
         """The base URL of the home domain's designated MSD (DNS → URS → bootstrap)."""
         if self._home_msd is None or refresh:
@@ -145,31 +149,43 @@ class SearchClient:
         self, redirect: Redirect, keyword: str, *, shadow: bool
     ) -> list[SessionRecord]:
         url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
-        try:
-            async with self._http.post(url, json={"keyword": keyword, "shadow": shadow},
-                                       timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-                                       ) as response:
-                if response.status == 409:
-                    raise _Invalid()
-                if response.status != 200:
-                    raise _Unreachable()
-                answer = await response.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            raise _Unreachable() from None
-        return [SessionRecord.model_validate(s) for s in answer["sessions"]]
+        for attempt in (1, 2):
+            try:
+                async with self._http.post(
+                    url, json={"keyword": keyword, "shadow": shadow},
+                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                ) as response:
+                    if response.status == 409:
+                        raise _Invalid()
+                    if response.status != 200:
+                        raise _Unreachable()
+                    answer = await response.json()
+                    return [SessionRecord.model_validate(s) for s in answer["sessions"]]
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 2:
+                    raise _Unreachable() from None
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                raise _Unreachable() from None
+        raise AssertionError("unreachable")
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            async with self._http.request(
-                method, url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S), **kwargs
-            ) as response:
-                answer: dict[str, Any] = await response.json()
-                if response.status != 200:
-                    raise ClientError(f"{url} answered {response.status}: "
-                                      f"{answer.get('error', answer)}")
-                return answer
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise ClientError(f"{url}: {exc or type(exc).__name__}") from None
+        for attempt in (1, 2):
+            try:
+                async with self._http.request(
+                    method, url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                    **kwargs,
+                ) as response:
+                    answer: dict[str, Any] = await response.json()
+                    if response.status != 200:
+                        raise ClientError(f"{url} answered {response.status}: "
+                                          f"{answer.get('error', answer)}")
+                    return answer
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 2:  # a stale pooled connection gets one fresh try (reads only)
+                    raise ClientError(f"{url}: the server disconnected twice") from None
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise ClientError(f"{url}: {exc or type(exc).__name__}") from None
+        raise AssertionError("unreachable")
 
 
 async def designated_msd(

@@ -44,6 +44,7 @@ class SessionRoutes:
         self._key = hierarchy_key
         self._urs_url = urs_url
         self._http = http
+        self._search_client: Any = None  # made on first use: the search client's cache
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/sessions", self._guard(self.register))
@@ -51,6 +52,7 @@ class SessionRoutes:
         app.router.add_post("/msd/probe", self._guard(self.probe))
         app.router.add_post("/msd/ext-search", self._guard(self.ext_search))
         app.router.add_get("/msd/local-search", self._guard(self.local_search))
+        app.router.add_get("/search", self._guard(self.search))
 
     def service(self) -> SessionService:
         service = self._service()
@@ -93,6 +95,33 @@ class SessionRoutes:
         result = await service.register(record)
         log.info("registered %s (%d keyword routes)", record.uri, len(result["routed"]))
         return result
+
+    async def search(self, request: web.Request) -> dict[str, Any]:
+        """GET /search?q=...: the whole search in one call, for browsers and thin clients.
+
+        This MSD runs the client's two-pass protocol on the caller's behalf (its domain is
+        the home domain) and keeps one redirect cache for everyone who asks it."""
+        from client.search import SearchClient  # the client's protocol, reused as it is
+        from msd.query import QueryError
+
+        text = request.query.get("q", "")
+        service = self.service()
+        if self._search_client is None:
+            node = service.node()
+            self._search_client = SearchClient(home=service.domain, dns_server=None,
+                                               http=self._http())
+            self._search_client.set_home_msd(f"http://{node.address.host}:{node.address.port}")
+        try:
+            hits = await self._search_client.search(text)
+        except QueryError as exc:
+            raise MsdError(str(exc)) from None
+        sessions = []
+        for hit in hits:
+            data = hit.session.model_dump(mode="json")
+            if hit.distance_km is not None:
+                data["distance_km"] = round(hit.distance_km, 3)
+            sessions.append(data)
+        return {"query": text, "home": service.domain, "sessions": sessions}
 
     async def local_search(self, request: web.Request) -> dict[str, Any]:
         keyword = _keyword(request.query.get("keyword"))

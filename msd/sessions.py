@@ -207,17 +207,25 @@ class SessionService:
         timeout = aiohttp.ClientTimeout(total=HOP_TIMEOUT_S)
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", AUTH_HEADER: sign(data, key=self._key)}
-        try:
-            async with self._http.post(url, data=data, headers=headers,
-                                       timeout=timeout) as response:
-                answer: dict[str, Any] = await response.json()
-                if response.status != 200:
-                    raise RoutingFailed(f"{peer.domain} answered {response.status}: "
-                                        f"{answer.get('error', answer)}")
-                return answer
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise RoutingFailed(f"{peer.domain} at {peer.host}:{peer.port} did not answer "
-                                f"{path}: {exc or type(exc).__name__}") from None
+        for attempt in (1, 2):
+            try:
+                async with self._http.post(url, data=data, headers=headers,
+                                           timeout=timeout) as response:
+                    answer: dict[str, Any] = await response.json()
+                    if response.status != 200:
+                        raise RoutingFailed(f"{peer.domain} answered {response.status}: "
+                                            f"{answer.get('error', answer)}")
+                    return answer
+            except aiohttp.ServerDisconnectedError:
+                # A pooled keep-alive connection the peer closed just then; every routed
+                # request is idempotent, so one fresh try is safe.
+                if attempt == 2:
+                    raise RoutingFailed(f"{peer.domain} at {peer.host}:{peer.port} "
+                                        f"disconnected twice on {path}") from None
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise RoutingFailed(f"{peer.domain} at {peer.host}:{peer.port} did not answer "
+                                    f"{path}: {exc or type(exc).__name__}") from None
+        raise AssertionError("unreachable")
 
 
 def parse_record(data: Any) -> SessionRecord:
