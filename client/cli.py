@@ -21,6 +21,9 @@ from urs.errors import UrsError
 from urs.locate import WELL_KNOWN_URS_PORT, parse_dns_server
 from vdns.errors import VdnsError
 
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+KEYWORDS_FILE = CONFIGS_DIR / "latency-keywords.txt"
+
 EPILOG = """\
 examples:
   mdns up configs/demo
@@ -145,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
                               "ask the parent for unicast heartbeats")
     _tree_options(msd_cmd)
     add_session_parsers(commands)
+
+    experiment = commands.add_parser("experiment", help="the dissertation's experiments")
+    experiments = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT",
+                                            required=True)
+    latency = experiments.add_parser(
+        "latency", help="discovery latency on scenario 3's chain, with injected delay",
+        description=(
+            "For each keyword: register a session at a random domain of scenario 3's chain "
+            "(domains 10, 1, 4, 5, 2: the first --domains of them), then search for it from "
+            "an independently chosen random domain until found. Every inter-domain message "
+            "is delayed uniformly at random in --delay milliseconds. Reports min, median, "
+            "mean, p95, max and std-dev, cold and with a warm redirection cache."))
+    latency.add_argument("--domains", type=int, default=5, choices=range(1, 6), metavar="1..5")
+    latency.add_argument("--delay", default="25-100", metavar="LOW-HIGH",
+                         help="inter-domain delay range in ms (default 25-100)")
+    latency.add_argument("--keywords", type=Path, default=KEYWORDS_FILE, metavar="FILE",
+                         help="one keyword a line (default: the dissertation's 306)")
+    latency.add_argument("--seed", type=int, default=0)
+    latency.add_argument("--json", action="store_true",
+                         help='print {"cold": {...}, "warm": {...}}')
     return parser
 
 
@@ -172,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return _msd(args)
         if args.command in ("register", "search", "open"):
             return run_session_command(args, out=sys.stdout)
+        if args.command == "experiment":
+            return _experiment(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
         print(f"mdns: {exc}", file=sys.stderr)
         return 1
@@ -230,6 +255,28 @@ async def _status(args: argparse.Namespace, *, out: TextIO) -> int:
         print(json.dumps({"domains": domains, "checks": checks}, indent=2), file=out)
     else:
         print(format_tree(domains, checks), file=out)
+    return 0
+
+
+def _experiment(args: argparse.Namespace, *, out: TextIO) -> int:
+    from vdns.experiments import LatencySettings, format_report, latency
+
+    try:
+        low, high = (float(part) for part in args.delay.split("-", 1))
+    except ValueError:
+        raise ClientError(f"--delay {args.delay!r}: expected LOW-HIGH in ms, e.g. 25-100") \
+            from None
+    if not 0 <= low <= high <= 10_000:
+        raise ClientError("--delay: need 0 <= LOW <= HIGH <= 10000 ms")
+    try:
+        keywords = tuple(w.strip() for w in args.keywords.read_text().split() if w.strip())
+    except OSError as exc:
+        raise ClientError(f"--keywords {args.keywords}: {exc.strerror}") from None
+    settings = LatencySettings(domains=args.domains, delay_ms=(low, high), seed=args.seed,
+                               keywords=keywords, scenario_dir=CONFIGS_DIR / "scenario3")
+    result = asyncio.run(latency(settings, progress=lambda text: print(
+        text, file=sys.stderr, flush=True)))
+    print(json.dumps(result, indent=2) if args.json else format_report(result), file=out)
     return 0
 
 

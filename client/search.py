@@ -27,6 +27,7 @@ from msd.geo import distance_km
 from msd.keyspace import KeyRange, key_of, shadow_of
 from msd.query import Hit, Query, evaluate, parse, positive_keywords
 from msd.schema import Scope, SessionRecord
+from msd.sessions import Delay
 from urs.locate import LocateError, locate_urs
 
 CACHE_CAPACITY = 10_000
@@ -57,8 +58,10 @@ class SearchClient:
     def __init__(
         self, *, home: str, dns_server: tuple[str, int] | None,
         http: aiohttp.ClientSession, cache: RedirectCache | None = None,
+        delay: Delay | None = None,
     ) -> None:
         self.home = home
+        self._delay = delay  # injected per message to or from another domain (experiments)
         self.dns_server = dns_server
         self._http = http
         self.cache = cache or RedirectCache(CACHE_CAPACITY)
@@ -68,6 +71,10 @@ class SearchClient:
     def set_home_msd(self, url: str) -> None:
         """Use this MSD as the home one (an MSD searching on its callers' behalf)."""
         self._home_msd = url
+
+    async def prime(self, keyword: str) -> None:
+        """Probe for a keyword's owner now and cache the redirect (a warm cache)."""
+        self.cache.put(keyword, await self._probe(key_of(keyword)), _now_ms())
 
     async def home_msd(self, *, refresh: bool = False) -> str:
         """The base URL of the home domain's designated MSD (DNS → URS → bootstrap)."""
@@ -149,8 +156,11 @@ class SearchClient:
         self, redirect: Redirect, keyword: str, *, shadow: bool
     ) -> list[SessionRecord]:
         url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
+        delay = self._delay if redirect.domain != self.home else None
         for attempt in (1, 2):
             try:
+                if delay is not None:
+                    await delay(redirect.domain)  # the request crosses the network
                 async with self._http.post(
                     url, json={"keyword": keyword, "shadow": shadow},
                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
@@ -160,6 +170,8 @@ class SearchClient:
                     if response.status != 200:
                         raise _Unreachable()
                     answer = await response.json()
+                    if delay is not None:
+                        await delay(redirect.domain)  # and so does the answer
                     return [SessionRecord.model_validate(s) for s in answer["sessions"]]
             except aiohttp.ServerDisconnectedError:
                 if attempt == 2:

@@ -40,7 +40,7 @@ from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParen
 from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
 from msd.replay import ReplayGuard
-from msd.sessions import SessionService
+from msd.sessions import Delay, SessionService
 from msd.store import MsdStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class MsdSettings:
     multicast: bool = True  # False: this host's multicast is broken; use unicast only
     database_url: str | None = None  # the domain's session store; None: no session service
     collect_every_s: float = 10.0  # how often expired records are removed
+    inter_domain_delay: Delay | None = None  # experiments: delay every MSD-to-MSD message
     priority: int = 0
     heartbeat_s: float = 1.0
     alpha: float = 0.1
@@ -135,7 +136,8 @@ class MsdDaemon:
                 self.sessions = SessionService(
                     domain=self.domain, store=self.store, http=self._http,
                     node=lambda: self.node, clock=time.time,
-                    hierarchy_key=self.settings.hierarchy_key)
+                    hierarchy_key=self.settings.hierarchy_key,
+                    delay=self.settings.inter_domain_delay)
             await self._open_sockets()
             now = time.monotonic()
             self.election = Election(

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -38,6 +38,10 @@ RETRY_MAX = 10_000  # sessions whose keyword routes await another try (bounded; 
 AUTH_HEADER = "X-Mdns-Auth"
 
 
+# An experiment's injected network delay: awaited once per message to or from a domain.
+Delay = Callable[[str], Awaitable[None]]
+
+
 def sign(body: bytes, *, key: bytes) -> str:
     """The HMAC that authenticates a routed request's body between MSDs of one hierarchy."""
     return hmac.new(key, body, hashlib.sha256).hexdigest()
@@ -57,8 +61,10 @@ class SessionService:
     def __init__(
         self, *, domain: str, store: MsdStore, http: aiohttp.ClientSession,
         node: Callable[[], Node | None], clock: Callable[[], float], hierarchy_key: bytes,
+        delay: Delay | None = None,
     ) -> None:
         self.domain = domain
+        self._delay = delay
         self._key = hierarchy_key
         self.store = store
         self._http = http
@@ -209,9 +215,13 @@ class SessionService:
         headers = {"Content-Type": "application/json", AUTH_HEADER: sign(data, key=self._key)}
         for attempt in (1, 2):
             try:
+                if self._delay is not None:
+                    await self._delay(peer.domain)  # the request crosses the network
                 async with self._http.post(url, data=data, headers=headers,
                                            timeout=timeout) as response:
                     answer: dict[str, Any] = await response.json()
+                    if self._delay is not None:
+                        await self._delay(peer.domain)  # and so does the answer
                     if response.status != 200:
                         raise RoutingFailed(f"{peer.domain} answered {response.status}: "
                                             f"{answer.get('error', answer)}")

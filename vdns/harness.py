@@ -25,6 +25,7 @@ import dns.message
 import dns.rdatatype
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from msd.sessions import Delay
 from msd.store import sqlite_url
 from urs.app import create_app
 from urs.settings import UrsSettings
@@ -75,6 +76,7 @@ class Hierarchy:
         beta: float = 0.1,
         multicast_blocked: Sequence[str] = (),
         interface: str = "127.0.0.1",
+        inter_domain_delay: Delay | None = None,
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
@@ -89,6 +91,9 @@ class Hierarchy:
         self.heartbeat_s = heartbeat_s
         self.alpha, self.beta = alpha, beta
         self.interface = interface
+        if inter_domain_delay is not None and not msd_in_process:
+            raise VdnsError("injected delays need in-process MSDs (msd_in_process=True)")
+        self.inter_domain_delay = inter_domain_delay
         self.multicast_blocked = frozenset(multicast_blocked)
         unknown = self.multicast_blocked - {c.domain for c in self._configs}
         if unknown:
@@ -137,7 +142,8 @@ class Hierarchy:
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
                 in_process=self.msd_in_process, interface=self.interface,
                 multicast=running.config.domain not in self.multicast_blocked,
-                database_url=sqlite_url(self.data_dir, running.config.domain))
+                database_url=sqlite_url(self.data_dir, running.config.domain),
+                inter_domain_delay=self.inter_domain_delay)
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
 

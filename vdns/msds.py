@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from msd.daemon import MsdDaemon, MsdSettings
+from msd.sessions import Delay
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class MsdLaunch:
     in_process: bool = False
     multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
     database_url: str | None = None  # the domain's session store, shared by its MSDs
+    inter_domain_delay: Delay | None = None  # experiments (in-process daemons only)
 
 
 class _Daemon:
@@ -70,7 +72,8 @@ class _Daemon:
                 hierarchy_key=launch.hierarchy_key_file.read_bytes().strip(),
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
                 alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
-                database_url=launch.database_url))
+                database_url=launch.database_url,
+                inter_domain_delay=launch.inter_domain_delay))
             self.task = asyncio.create_task(self.daemon.run(self._stop),
                                             name=f"msd {self.domain} #{self.index}")
             return
