@@ -75,7 +75,7 @@ async def register_everywhere(
                               "token (--token) to update it")
         registration = await update_with_urs(http, base_url=location.base_url, domain=domain,
                                              session=session, token=token)
-    msd = await designated_msd(domain, dns_server=dns_server, http=http)
+    msd = await designated_msd(domain, dns_server=dns_server, http=http, location=location)
     try:
         async with http.post(f"{msd}/sessions", json={"id": session.get("id")}) as response:
             answer: dict[str, Any] = await response.json()

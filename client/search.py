@@ -28,7 +28,7 @@ from msd.keyspace import KeyRange, key_of, shadow_of
 from msd.query import Hit, Query, evaluate, parse, positive_keywords
 from msd.schema import Scope, SessionRecord
 from msd.sessions import Delay
-from urs.locate import LocateError, locate_urs
+from urs.locate import LocateError, UrsLocation, locate_urs
 
 CACHE_CAPACITY = 10_000
 REQUEST_TIMEOUT_S = 3.0
@@ -201,13 +201,15 @@ class SearchClient:
 
 
 async def designated_msd(
-    domain: str, *, dns_server: tuple[str, int] | None, http: aiohttp.ClientSession
+    domain: str, *, dns_server: tuple[str, int] | None, http: aiohttp.ClientSession,
+    location: UrsLocation | None = None,
 ) -> str:
     """The base URL of a domain's designated MSD, found through DNS and its URS."""
-    try:
-        location = await locate_urs(domain, dns_server=dns_server)
-    except LocateError as exc:
-        raise ClientError(str(exc)) from None
+    if location is None:
+        try:
+            location = await locate_urs(domain, dns_server=dns_server)
+        except LocateError as exc:
+            raise ClientError(str(exc)) from None
     try:
         async with http.get(f"{location.base_url}/bootstrap/designated",
                             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as response:

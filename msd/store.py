@@ -390,7 +390,11 @@ def _parse(body: str) -> SessionRecord:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Per connection, because SQLite forgets all but journal_mode when a connection closes.
-    pragmas = ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    # NORMAL, not FULL: in WAL mode a commit then survives a killed process but not a power
+    # cut. These records are soft state that originators refresh and the URS can re-create;
+    # three fsyncs per registration would double its latency. (The URS keeps FULL.)
+    pragmas = ("journal_mode=WAL", "synchronous=NORMAL",
+               f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor = dbapi_connection.cursor()
     try:
         for pragma in pragmas:
