@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 from vdns.errors import MdsFormatError
 
@@ -123,7 +124,9 @@ def parse_mds(text: str, *, source: str = "<mds>") -> DomainConfig:
     labels = [d.label for d in delegations]
     if len(set(labels)) != len(labels):
         raise MdsFormatError(f"{source}: a child label is delegated twice")
-    return DomainConfig(**values, delegations=tuple(delegations))  # type: ignore[arg-type]
+    # Every key was parsed by its kind above, so the values have the fields' types.
+    fields = cast(dict[str, Any], values)
+    return DomainConfig(**fields, delegations=tuple(delegations))
 
 
 def format_mds(config: DomainConfig) -> str:
