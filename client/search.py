@@ -8,7 +8,7 @@ For each keyword that the query needs (msd.query.positive_keywords):
 3. the owner does not answer → the shadow: probe for the bit-inverted hash and ask
    its owner for the shadow records.
 The home domain's own sessions (administrative scope, any scope) come from its MSD's
-local records. msd.query.evaluate then combines, filters, removes duplicates, ranks.
+local records. msd.matching.evaluate then combines, filters, removes duplicates, ranks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from msd.cache import Redirect, RedirectCache
 from msd.gazetteer import OfflineGazetteer, resolve_near
 from msd.geo import distance_km
 from msd.keyspace import KeyRange, key_of, shadow_of
-from msd.query import Hit, Query, evaluate, parse, positive_keywords
+from msd.matching import Hit, evaluate
+from msd.query import Query, parse, positive_keywords
 from msd.schema import Scope, SessionRecord
 from msd.sessions import Delay
 from urs.locate import LocateError, UrsLocation, locate_urs

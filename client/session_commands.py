@@ -21,7 +21,8 @@ from client.register import register_everywhere, update_with_urs
 from client.resolve import resolve
 from client.search import SearchClient
 from client.uri import parse_uri
-from msd.query import GRAMMAR, Hit
+from msd.matching import Hit
+from msd.query import GRAMMAR
 from msd.schema import Session, SessionRecord, field_errors
 from urs.locate import locate_urs, parse_dns_server
 

@@ -1,14 +1,15 @@
-"""The search query language: a pure tokenizer, parser and evaluator (docs/query.md)."""
+"""The search query language: a pure tokenizer and parser (docs/query.md).
+
+msd.matching evaluates a parsed query over the sessions found.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from msd.errors import MsdError
-from msd.geo import distance_km
 from msd.schema import KEYWORD_MAX, PLACE_MAX, Scope, StreamType
 
 # Limits (docs/query.md): each bounds the work one query can cause.
@@ -86,37 +87,6 @@ class Query:
     scope: Scope | None = None
     stream_type: StreamType | None = None
     mime: str | None = None
-
-
-class SessionLike(Protocol):
-    """What evaluate() reads of a session (msd.schema.SessionRecord offers it)."""
-    @property
-    def uri(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def keywords(self) -> Sequence[str]: ...
-    @property
-    def scope(self) -> str: ...
-    @property
-    def stream_type(self) -> str: ...
-    @property
-    def mime(self) -> str: ...
-    @property
-    def lat(self) -> float | None: ...
-    @property
-    def lon(self) -> float | None: ...
-
-
-S = TypeVar("S", bound=SessionLike)
-
-
-@dataclass(frozen=True, slots=True)
-class Hit(Generic[S]):
-    """One search result: the session, the query keywords it carries, its distance."""
-    session: S
-    matched: tuple[str, ...]
-    distance_km: float | None
 
 
 _Kind = Literal["word", "quoted", "(", ")", "AND", "OR", "NOT", "filter"]
@@ -373,7 +343,7 @@ def parse(text: str) -> Query:
 def _check_fetchable(expr: Expr) -> None:
     # A session is found only through one of its keywords: a query that a session without
     # any of the query's keywords satisfies would need the whole directory (docs/query.md).
-    if not _matches(expr, frozenset()):
+    if not matches(expr, frozenset()):
         return
     if not positive_keywords(Query(expr)):
         raise QueryError("the query needs at least one keyword that is not negated "
@@ -381,7 +351,7 @@ def _check_fetchable(expr: Expr) -> None:
                          "NOT only removes some of them")
     culprit = expr
     while isinstance(culprit, Or):  # descend to the alternative that needs no keyword
-        culprit = next(p for p in culprit.parts if _matches(p, frozenset()))
+        culprit = next(p for p in culprit.parts if matches(p, frozenset()))
     raise QueryError(f"{format_expr(culprit)!r} matches sessions without any keyword of the "
                      "query, which a per-keyword search cannot find; give every alternative "
                      "a keyword that is not negated (e.g. 'rock NOT blues')")
@@ -418,52 +388,12 @@ def positive_keywords(query: Query) -> list[str]:
     return list(found)
 
 
-def _matches(expr: Expr, words: frozenset[str]) -> bool:
+def matches(expr: Expr, words: frozenset[str]) -> bool:
+    """Whether a session with these (case-folded) keywords satisfies the expression."""
     if isinstance(expr, Keyword):
         return expr.word in words
     if isinstance(expr, Not):
-        return not _matches(expr.part, words)
+        return not matches(expr.part, words)
     if isinstance(expr, And):
-        return all(_matches(part, words) for part in expr.parts)
-    return any(_matches(part, words) for part in expr.parts)
-
-
-def evaluate(
-    query: Query,
-    sessions_by_keyword: Mapping[str, Iterable[S]],
-    *,
-    geodesic_km: Callable[[float, float, float, float], float] | None = None,
-) -> list[Hit[S]]:
-    """Combine per-keyword answers: dedupe by uri, match, filter, rank (docs/query.md)."""
-    if isinstance(query.near, str):
-        raise ValueError("geocode the near: place first (msd.gazetteer.resolve_near)")
-    distance = geodesic_km or distance_km  # WGS-84, geopy's geodesic
-    wanted = positive_keywords(query)
-    candidates: dict[str, S] = {}
-    for sessions in sessions_by_keyword.values():
-        for session in sessions:
-            candidates.setdefault(session.uri, session)
-    hits: list[Hit[S]] = []
-    for session in candidates.values():
-        words = frozenset(word.strip().casefold() for word in session.keywords)
-        if not _matches(query.expr, words) or not _passes_filters(query, session):
-            continue
-        km: float | None = None
-        if query.near is not None:
-            if session.lat is None or session.lon is None:
-                continue
-            km = distance(query.near[0], query.near[1], session.lat, session.lon)
-            if km > query.within_km:
-                continue
-        hits.append(Hit(session, tuple(w for w in wanted if w in words), km))
-    hits.sort(key=lambda hit: (-len(hit.matched), hit.distance_km or 0.0,
-                               hit.session.title.casefold(), hit.session.uri))
-    return hits
-
-
-def _passes_filters(query: Query, session: SessionLike) -> bool:
-    if query.scope is not None and str(session.scope).casefold() != query.scope.value:
-        return False
-    if query.stream_type and str(session.stream_type).casefold() != query.stream_type.value:
-        return False
-    return query.mime is None or session.mime.casefold() == query.mime.casefold()
+        return all(matches(part, words) for part in expr.parts)
+    return any(matches(part, words) for part in expr.parts)

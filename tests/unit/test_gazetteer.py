@@ -12,7 +12,8 @@ from geopy.geocoders.base import Geocoder
 from geopy.location import Location
 
 from msd.gazetteer import GEOCODE_QUERY_MAX, OfflineGazetteer, resolve_near
-from msd.query import QueryError, evaluate, parse
+from msd.matching import evaluate
+from msd.query import QueryError, parse
 
 GAINESVILLE_FL = (29.65163, -82.32483)
 GAINESVILLE_GA = (34.29788, -83.82407)

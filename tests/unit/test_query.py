@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msd.errors import MsdError
+from msd.matching import Hit, evaluate
 from msd.query import (
     FILTERS,
     GRAMMAR,
@@ -22,13 +23,11 @@ from msd.query import (
     WITHIN_MAX_KM,
     And,
     Expr,
-    Hit,
     Keyword,
     Not,
     Or,
     Query,
     QueryError,
-    evaluate,
     format_expr,
     parse,
     positive_keywords,
