@@ -383,7 +383,8 @@ class MsdDaemon:
             expires = now + float(designated["expires_at"]) - time.time()
             view = (int(designated["term"]), f"{designated['address']}:{designated['port']}",
                     expires)
-        await self._carry_election(self.election.urs_state(view, now))
+        last_term = int(self.bootstrap.get("last_term") or 0)
+        await self._carry_election(self.election.urs_state(view, now, last_term=last_term))
         if self.node is not None:
             await self._carry_tree(self.node.set_parent_address(self._parent_peer(), now))
 

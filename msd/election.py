@@ -227,9 +227,15 @@ class Election:
             return [SendLocal(self._message(Announce, now))]
         return []
 
-    def urs_state(self, designated: tuple[int, str, float] | None, now: float) -> list[Action]:
-        """The answer to PollUrs: (term, "host:port", expires_at on our clock) or None."""
+    def urs_state(
+        self, designated: tuple[int, str, float] | None, now: float, *, last_term: int = 0
+    ) -> list[Action]:
+        """The answer to PollUrs: (term, "host:port", expires_at on our clock) or None, and
+        the highest term the URS ever recorded (a claim must go above it, even after the
+        lease expired, so that a deposed daemon's term is never reused)."""
         self._urs_at = now
+        if last_term > self._term and self._role is Role.BACKUP:
+            self._term = last_term
         if designated is None:
             return self._maybe_claim(now)
         term, holder, expires_at = designated

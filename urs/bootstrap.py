@@ -168,6 +168,7 @@ class BootstrapService:
             "anycast": _channel(settings.anycast),
             "multicast_mode": settings.multicast_mode.value,
             "designated": own.to_json() if own is not None else None,
+            "last_term": await self._store.last_term(settings.domain),
             "msds": [m.to_json() for m in await self._store.members(settings.domain,
                                                                      now=self._clock())],
             "parent_designated": parent.designated,
@@ -180,6 +181,7 @@ class BootstrapService:
         return {
             "domain": self._settings.domain,
             "designated": own.to_json() if own is not None else None,
+            "last_term": await self._store.last_term(self._settings.domain),
         }
 
     async def set_member(self, msd_id: str, update: MemberUpdate) -> None:

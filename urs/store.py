@@ -257,7 +257,8 @@ class SessionStore:
         """Delete expired sessions (and expired soft state); return how many sessions went."""
         async with self._translate("purge"), self._engine.begin() as conn:
             result = await conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
-            await conn.execute(delete(designated).where(designated.c.expires_at <= now))
+            # The designated row stays after it expires (one row per domain): its term is the
+            # floor for the next claim, so a restarted domain never reuses an old term.
             await conn.execute(delete(msd_members).where(msd_members.c.expires_at <= now))
         return int(result.rowcount)
 
@@ -319,6 +320,13 @@ class SessionStore:
             rows = (await conn.execute(query)).all()
         return [Member(msd_id=r.msd_id, address=r.address, port=r.port, pid=r.pid, role=r.role,
                        expires_at=r.expires_at) for r in rows]
+
+    async def last_term(self, domain: str) -> int:
+        """The highest term this domain's designated MSD ever held here (0: none yet)."""
+        query = select(designated.c.term).where(designated.c.domain == domain)
+        async with self._translate("get last term"), self._engine.connect() as conn:
+            term = (await conn.execute(query)).scalar()
+        return int(term or 0)
 
     async def get_designated(self, domain: str, *, now: float) -> Designated | None:
         query = select(

@@ -40,7 +40,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     assert process.stdout is not None
     while time.monotonic() < deadline:
         line = process.stdout.readline()

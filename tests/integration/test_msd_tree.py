@@ -20,6 +20,7 @@ from vdns.mds import load_hierarchy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HB = 0.2  # heartbeat interval for these tests (seconds)
+SLACK_S = 3.0  # for timing bounds: polling, and a 2-core machine busy with other work
 MIDDLE = "dom020.dom02.level0.testdomain.info"
 LEAVES = [f"{leaf}.{MIDDLE}" for leaf in ("dom0200", "dom0201", "dom0202")]
 
@@ -115,8 +116,9 @@ async def test_killing_a_middle_domain_grafts_its_children_and_restart_restores(
     statuses = await _wait(scenario1, grafted, timeout=10 * HB + 5)
     took = time.monotonic() - killed
     assert not summary(statuses, keys=200)["routing_problems"]
-    # Within 5 heartbeat intervals, with slack for polling and a loaded CI machine.
-    assert took < 5 * HB + 1.0, f"grafting took {took:.2f} s"
+    # The exact bound (5 heartbeats) is asserted on the virtual clock in
+    # tests/unit/test_hierarchy.py; real daemons get slack for polling and a loaded machine.
+    assert took < 5 * HB + SLACK_S, f"grafting took {took:.2f} s"
 
     await middle.restart()
     statuses = await _wait(scenario1, lambda s: _settled(s, expected=10), timeout=30)
@@ -145,7 +147,9 @@ async def test_backup_is_designated_when_the_designated_dies(tmp_path: Path) -> 
 
         statuses = await _wait(hierarchy, taken_over, timeout=10 * HB + 5)
         took = time.monotonic() - killed
-        assert took < 3 * HB + 1.0, f"takeover took {took:.2f} s"
+        # The exact bound (3 heartbeats) is asserted on the virtual clock in
+        # tests/unit/test_election.py; here, slack for polling and a loaded machine.
+        assert took < 3 * HB + SLACK_S, f"takeover took {took:.2f} s"
         after = {s["name"]: s for s in statuses}[leaf]
         assert after["term"] > before["term"]
         await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)

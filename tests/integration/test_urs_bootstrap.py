@@ -22,7 +22,7 @@ from tests.integration.urs_support import (
     settings,
     start,
 )
-from urs.app import bind_socket, create_app, serve
+from urs.app import bind_socket, create_app, purge_expired, serve
 from urs.errors import SettingsError, UrsError
 from urs.settings import GroupPort, MulticastMode, UrsSettings
 from vdns.mds import load_mds
@@ -63,6 +63,7 @@ async def test_root_bootstrap_document(root: Client) -> None:
         "anycast": {"group": "127.0.0.1", "port": 2004},
         "multicast_mode": "asm",
         "designated": None,
+        "last_term": 0,
         "msds": [],
         "parent_designated": None,
         "parent_error": None,
@@ -157,7 +158,7 @@ async def test_designated_set_and_read(root: Client, clock: FakeClock) -> None:
     expected = {"address": "127.0.0.1", "port": 7000, "term": 3, "expires_at": clock.now + 30}
     assert (await response.json())["designated"] == expected
     own = await (await root.get("/bootstrap/designated")).json()
-    assert own == {"domain": ROOT_DOMAIN, "designated": expected}
+    assert own == {"domain": ROOT_DOMAIN, "designated": expected, "last_term": 3}
     assert (await (await root.get("/bootstrap")).json())["designated"] == expected
 
 
@@ -210,7 +211,11 @@ async def test_designated_terms(root: Client, clock: FakeClock) -> None:
     own = (await (await root.get("/bootstrap/designated")).json())["designated"]
     assert (own["address"], own["term"]) == ("127.0.0.3", 6)
     clock.advance(30)  # expired: a lower term (a restarted election) may take over
-    assert (await (await root.get("/bootstrap/designated")).json())["designated"] is None
+    own = await (await root.get("/bootstrap/designated")).json()
+    assert own["designated"] is None
+    assert own["last_term"] == 6  # but the highest term is remembered, purge or not,
+    await purge_expired(root.server.app)  # so that a new claim can go above it
+    assert (await (await root.get("/bootstrap")).json())["last_term"] == 6
     assert (await announce(root, term=1)).status == 200
 
 

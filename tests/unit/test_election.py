@@ -412,6 +412,23 @@ def test_new_daemon_listens_before_claiming() -> None:
     assert put == PutDesignated(term=1, ttl_s=math.ceil(3 * HB))
 
 
+@MODES
+def test_a_claim_goes_above_the_highest_term_the_urs_remembers(multicast: bool) -> None:
+    """A domain whose lease expired long ago (its daemons all died) must not reuse a term:
+    a deposed daemon still acting at that term would be indistinguishable."""
+    election = _election(multicast=multicast)
+    election.tick(0.0)
+    actions = election.urs_state(None, 0.0, last_term=7)  # URS-only may claim at once
+    actions += election.tick((0.5 + 1) * HB)
+    assert PutDesignated(term=8, ttl_s=math.ceil(3 * HB)) in actions
+    assert not any(isinstance(a, PutDesignated) and a.term <= 7 for a in actions)
+    election.urs_put_result(accepted=True, term=8, now=(0.5 + 1) * HB)
+    election.tick(3 * HB)
+    assert election.is_designated and election.term == 8
+    election.urs_state(None, 3 * HB, last_term=2)  # an older floor changes nothing
+    assert election.term == 8
+
+
 def test_no_claim_without_a_urs_answer() -> None:
     election = _election()
     election.tick(0.0)
