@@ -75,7 +75,8 @@ class SearchClient:
 
     async def prime(self, keyword: str) -> None:
         """Probe for a keyword's owner now and cache the redirect (a warm cache)."""
-        self.cache.put(keyword, await self._probe(key_of(keyword)), _now_ms())
+        redirect, _ = await self._probe(key_of(keyword))
+        self.cache.put(keyword, redirect, _now_ms())
 
     async def home_msd(self, *, refresh: bool = False) -> str:
         """The base URL of the home domain's designated MSD (DNS → URS → bootstrap)."""
@@ -123,8 +124,10 @@ class SearchClient:
         for _ in range(2):
             redirect = self.cache.get(keyword, _now_ms())
             if redirect is None or not redirect.covers(key):
-                redirect = await self._probe(key)
+                redirect, answered = await self._probe(key, search=(keyword, False))
                 self.cache.put(keyword, redirect, _now_ms())
+                if answered is not None:
+                    return answered  # the owner answered the search with the redirect
             else:
                 self.stats.cache_hits += 1
             try:
@@ -137,21 +140,34 @@ class SearchClient:
                 break
         # The owner is gone (or keeps moving): its shadow holds the same records.
         self.stats.shadow_used += 1
-        redirect = await self._probe(shadow_of(key))
+        redirect, answered = await self._probe(shadow_of(key), search=(keyword, True))
+        if answered is not None:
+            return answered
         try:
             return await self._ext_search(redirect, keyword, shadow=True)
         except (_Invalid, _Unreachable) as exc:
             raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
                               f"({type(exc).__name__.strip('_').lower()})") from None
 
-    async def _probe(self, key: int) -> Redirect:
+    async def _probe(
+        self, key: int, *, search: tuple[str, bool] | None = None
+    ) -> tuple[Redirect, list[SessionRecord] | None]:
+        """The owner's redirect and, when `search` was given and the owner could answer it,
+        its records for that keyword (msd-probe-reply carrying the ext-search answer)."""
         self.stats.probes += 1
         msd = await self.home_msd()
-        answer = await self._call("POST", f"{msd}/msd/probe", json={"key": f"{key:032x}"})
+        body: dict[str, Any] = {"key": f"{key:032x}"}
+        if search is not None:
+            body |= {"keyword": search[0], "shadow": search[1]}
+        answer = await self._call("POST", f"{msd}/msd/probe", json=body)
         host, _, port = str(answer["address"]).rpartition(":")
         owned = KeyRange.from_json([answer["start"], answer["end"]])
-        return Redirect(domain=answer["owner"], host=host, port=int(port), start=owned.start,
-                        end=owned.end, term=int(answer.get("term", 0)))
+        redirect = Redirect(domain=answer["owner"], host=host, port=int(port),
+                            start=owned.start, end=owned.end, term=int(answer.get("term", 0)))
+        sessions = answer.get("sessions")
+        if sessions is None:
+            return redirect, None
+        return redirect, [SessionRecord.model_validate(s) for s in sessions]
 
     async def _ext_search(
         self, redirect: Redirect, keyword: str, *, shadow: bool

@@ -136,7 +136,10 @@ class SessionRoutes:
             raise MsdError("key must be 32 hex digits") from None
         if not 0 <= key < 2**128:
             raise MsdError("key must be 32 hex digits")
-        return await self.service().probe(key, hops=_hops(body))
+        search = None
+        if body.get("keyword") is not None:
+            search = (_keyword(body.get("keyword")), bool(body.get("shadow", False)))
+        return await self.service().probe(key, hops=_hops(body), search=search)
 
     async def ext_search(self, request: web.Request) -> dict[str, Any]:
         body = await _json(request)

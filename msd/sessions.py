@@ -150,18 +150,32 @@ class SessionService:
 
     # --- search ----------------------------------------------------------------------------
 
-    async def probe(self, key: int, *, hops: tuple[str, ...] = ()) -> dict[str, Any]:
-        """msd-probe: find the owner of `key`; its answer is the redirect for the client."""
+    async def probe(
+        self, key: int, *, hops: tuple[str, ...] = (), search: tuple[str, bool] | None = None
+    ) -> dict[str, Any]:
+        """msd-probe: find the owner of `key`; its answer is the redirect for the client.
+
+        With `search` = (keyword, shadow) the owner also answers what an ext-search would,
+        saving the client a round trip to a remote owner when its cache is cold."""
         peer = self._next(key, hops=hops)
         if peer is None:
             node = self.node()
             start, end = node.owned.to_json()
-            return {"owner": self.domain, "address": f"{node.address.host}:{node.address.port}",
-                    "start": start, "end": end, "generation": node.generation,
-                    "term": node.term, "hops": len(hops)}
+            answer: dict[str, Any] = {
+                "owner": self.domain, "address": f"{node.address.host}:{node.address.port}",
+                "start": start, "end": end, "generation": node.generation, "term": node.term,
+                "hops": len(hops)}
+            if search is not None:
+                keyword, shadow = search
+                found = await self.ext_search(keyword, shadow=shadow)
+                if found is not None:
+                    answer["sessions"] = [r.model_dump(mode="json") for r in found]
+            return answer
         self.routed += 1
-        return await self._post(peer, "/msd/probe",
-                                {"key": f"{key:032x}", "hops": [*hops, self.domain]})
+        body: dict[str, Any] = {"key": f"{key:032x}", "hops": [*hops, self.domain]}
+        if search is not None:
+            body |= {"keyword": search[0], "shadow": search[1]}
+        return await self._post(peer, "/msd/probe", body)
 
     async def ext_search(self, keyword: str, *, shadow: bool) -> list[SessionRecord] | None:
         """The owner's answer for a keyword; None (ext-search-invalid) when we do not own it."""
