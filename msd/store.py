@@ -16,15 +16,13 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from msd.database import DatabaseUrlError, create_tables, open_engine
 from msd.errors import MsdError
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.schema import SessionRecord
 
-# Writers wait this long for SQLite's lock before giving up (milliseconds).
-SQLITE_BUSY_TIMEOUT_MS = 5000
 SEARCH_MAX = 1000  # records one keyword search returns at most
 NEAR_MAX = 1000  # sessions one geo lookup returns at most
 CELLS_PER_QUERY = 500  # cell keys per IN list (SQLite caps bound parameters per statement)
@@ -36,7 +34,6 @@ _DOMAIN = re.compile(r"[a-z0-9_-][a-z0-9_.-]{0,252}")
 # compare bytewise, not by a locale's collation.
 _KEY = sa.String(32).with_variant(sa.String(32, collation="C"), "postgresql")
 _URI = sa.String(330)  # mcast.<253-character domain>/<63-character id>
-_DDL_LOCK = 0x6D646E73  # "mdns": PostgreSQL advisory lock that serialises table creation
 
 metadata = sa.MetaData()
 
@@ -124,27 +121,20 @@ class MsdStore:
 
     @classmethod
     async def open(cls, url: str) -> MsdStore:
-        """Connect, set SQLite's pragmas on every connection, and create missing tables."""
+        """Connect (SQLite: WAL, synchronous=NORMAL) and create missing tables.
+
+        NORMAL, not FULL: a commit survives a killed process but not a power cut. These
+        records are soft state that originators refresh and the URS can re-create; three
+        fsyncs per registration would double its latency. (The URS keeps FULL.)
+        """
         try:
-            parsed = sa.make_url(url)
-            path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(parsed)
-        except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
-            raise StoreError(f"cannot use database URL {url!r}: {exc}") from exc
-        if engine.dialect.name == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            engine = open_engine(url, synchronous="NORMAL")
+        except DatabaseUrlError as exc:
+            raise StoreError(str(exc)) from exc
         store = cls(engine)
         try:
-            # IF NOT EXISTS: the domain's MSD processes may start, and create, at the same time.
-            async with store._translate("create tables"), engine.begin() as conn:
-                if engine.dialect.name == "postgresql":  # its IF NOT EXISTS races in the catalog
-                    await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})"))
-                for table in metadata.sorted_tables:
-                    await conn.execute(CreateTable(table, if_not_exists=True))
-                    for index in sorted(table.indexes, key=lambda i: str(i.name)):
-                        await conn.execute(CreateIndex(index, if_not_exists=True))
+            async with store._translate("create tables"):
+                await create_tables(engine, metadata)
         except BaseException:
             await engine.dispose()
             raise
@@ -386,18 +376,3 @@ def _parse(body: str) -> SessionRecord:
         return SessionRecord.model_validate_json(body)
     except ValidationError as exc:
         raise StoreError(f"a stored record is not a valid session: {exc}") from None
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Per connection, because SQLite forgets all but journal_mode when a connection closes.
-    # NORMAL, not FULL: in WAL mode a commit then survives a killed process but not a power
-    # cut. These records are soft state that originators refresh and the URS can re-create;
-    # three fsyncs per registration would double its latency. (The URS keeps FULL.)
-    pragmas = ("journal_mode=WAL", "synchronous=NORMAL",
-               f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor = dbapi_connection.cursor()
-    try:
-        for pragma in pragmas:
-            cursor.execute(f"PRAGMA {pragma}")
-    finally:
-        cursor.close()

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -26,16 +25,15 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
-    event,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from msd.database import DatabaseUrlError, create_tables, open_engine
 from msd.schema import Session, SessionRecord
 from urs.errors import (
     IdTakenError,
@@ -46,8 +44,6 @@ from urs.errors import (
 )
 
 MEMBERS_MAX = 64  # MSD daemons listed per domain (entries expire; listing is bounded)
-# Writers wait this long for SQLite's lock before giving up (milliseconds).
-SQLITE_BUSY_TIMEOUT_MS = 5000
 
 metadata = MetaData()
 
@@ -141,20 +137,15 @@ class SessionStore:
 
     @classmethod
     async def open(cls, url: str) -> SessionStore:
-        """Connect, set SQLite's pragmas on every connection, and create missing tables."""
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        """Connect (SQLite: WAL, synchronous=FULL) and create missing tables."""
         try:
-            engine = create_async_engine(url)
-        except (SQLAlchemyError, ImportError) as exc:
-            raise StoreError(f"cannot use database URL {parsed!r}: {exc}") from exc
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            engine = open_engine(url, synchronous="FULL")
+        except DatabaseUrlError as exc:
+            raise StoreError(str(exc)) from exc
         store = cls(engine)
         try:
-            async with store._translate("create tables"), engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
+            async with store._translate("create tables"):
+                await create_tables(engine, metadata)
         except BaseException:
             await engine.dispose()
             raise
@@ -362,15 +353,3 @@ def _record(domain: str, body: str, *, updated_at: float, expires_at: float) -> 
             "expires_at": expires_at,
         }
     )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Per connection, because SQLite forgets all but journal_mode when a connection closes.
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()

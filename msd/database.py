@@ -1,0 +1,69 @@
+"""The SQLAlchemy engine both stores (the URS's and the MSD's) open: SQLite WAL by default.
+
+One place for what every store needs: the SQLite file's folder made, WAL and a busy
+timeout on every connection, any other SQLAlchemy async URL (PostgreSQL) accepted, and
+tables created so that processes starting together do not race.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+SQLITE_BUSY_TIMEOUT_MS = 5000  # a writer waits this long for SQLite's lock
+DDL_LOCK = 0x6D646E73  # "mdns": the PostgreSQL advisory lock that serialises table creation
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+class DatabaseUrlError(ValueError):
+    """The URL names no usable database; the message says why."""
+
+
+def open_engine(url: str, *, synchronous: Synchronous) -> AsyncEngine:
+    """An async engine for `url`; for SQLite, its folder made and pragmas on every connection.
+
+    `synchronous` is SQLite's durability in WAL mode: FULL survives a power cut, NORMAL a
+    killed process.
+    """
+    try:
+        parsed = sa.make_url(url)
+        path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed)
+    except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
+        raise DatabaseUrlError(f"cannot use database URL {url!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        pragmas = ("journal_mode=WAL", f"synchronous={synchronous}",
+                   f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON")
+
+        def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Per connection: SQLite forgets all but journal_mode when a connection closes.
+            cursor = dbapi_connection.cursor()
+            try:
+                for pragma in pragmas:
+                    cursor.execute(f"PRAGMA {pragma}")
+            finally:
+                cursor.close()
+
+        sa.event.listen(engine.sync_engine, "connect", set_pragmas)
+    return engine
+
+
+async def create_tables(engine: AsyncEngine, metadata: sa.MetaData) -> None:
+    """Create what is missing. IF NOT EXISTS, since several processes (a domain's MSDs,
+    replicated URSes) may start at once; on PostgreSQL, whose IF NOT EXISTS still races
+    in its catalog, under an advisory lock."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({DDL_LOCK})"))
+        for table in metadata.sorted_tables:
+            await conn.execute(CreateTable(table, if_not_exists=True))
+            for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                await conn.execute(CreateIndex(index, if_not_exists=True))
