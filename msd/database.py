@@ -21,8 +21,8 @@ DDL_LOCK = 0x6D646E73  # "mdns": the PostgreSQL advisory lock that serialises ta
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-class DatabaseUrlError(ValueError):
-    """The URL names no usable database; the message says why."""
+class DatabaseError(ValueError):
+    """The database cannot be opened or its tables made; the message says why."""
 
 
 def open_engine(url: str, *, synchronous: Synchronous) -> AsyncEngine:
@@ -38,7 +38,7 @@ def open_engine(url: str, *, synchronous: Synchronous) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(parsed)
     except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
-        raise DatabaseUrlError(f"cannot use database URL {url!r}: {exc}") from exc
+        raise DatabaseError(f"cannot use database URL {url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
         pragmas = ("journal_mode=WAL", f"synchronous={synchronous}",
                    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON")
@@ -53,6 +53,23 @@ def open_engine(url: str, *, synchronous: Synchronous) -> AsyncEngine:
                 cursor.close()
 
         sa.event.listen(engine.sync_engine, "connect", set_pragmas)
+    return engine
+
+
+async def open_database(
+    url: str, *, metadata: sa.MetaData, synchronous: Synchronous
+) -> AsyncEngine:
+    """`open_engine`, then `create_tables`; nothing left open when either fails."""
+    engine = open_engine(url, synchronous=synchronous)
+    try:
+        await create_tables(engine, metadata)
+    except (SQLAlchemyError, OSError) as exc:
+        await engine.dispose()
+        raise DatabaseError(
+            f"database create tables failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        await engine.dispose()
+        raise
     return engine
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from msd.database import DatabaseUrlError, create_tables, open_engine
+from msd.database import DatabaseError, open_database
 from msd.errors import MsdError
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.schema import SessionRecord
@@ -128,17 +128,10 @@ class MsdStore:
         fsyncs per registration would double its latency. (The URS keeps FULL.)
         """
         try:
-            engine = open_engine(url, synchronous="NORMAL")
-        except DatabaseUrlError as exc:
+            engine = await open_database(url, metadata=metadata, synchronous="NORMAL")
+        except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
-        store = cls(engine)
-        try:
-            async with store._translate("create tables"):
-                await create_tables(engine, metadata)
-        except BaseException:
-            await engine.dispose()
-            raise
-        return store
+        return cls(engine)
 
     async def close(self) -> None:
         await self._engine.dispose()

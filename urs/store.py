@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from msd.database import DatabaseUrlError, create_tables, open_engine
+from msd.database import DatabaseError, open_database
 from msd.schema import Session, SessionRecord
 from urs.errors import (
     IdTakenError,
@@ -139,17 +139,10 @@ class SessionStore:
     async def open(cls, url: str) -> SessionStore:
         """Connect (SQLite: WAL, synchronous=FULL) and create missing tables."""
         try:
-            engine = open_engine(url, synchronous="FULL")
-        except DatabaseUrlError as exc:
+            engine = await open_database(url, metadata=metadata, synchronous="FULL")
+        except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
-        store = cls(engine)
-        try:
-            async with store._translate("create tables"):
-                await create_tables(engine, metadata)
-        except BaseException:
-            await engine.dispose()
-            raise
-        return store
+        return cls(engine)
 
     async def close(self) -> None:
         await self._engine.dispose()

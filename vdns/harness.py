@@ -193,7 +193,7 @@ class Hierarchy:
             while pending:
                 for name, domain in list(pending.items()):
                     if (await _dns_answers(domain) and await _urs_answers(http, domain)
-                            and (not self.msds or await _has_designated(http, domain))):
+                            and (not self.msds or (await _tree_state(http, domain))[0])):
                         del pending[name]
                 if not pending:
                     return
@@ -286,22 +286,9 @@ async def _dns_answers(domain: RunningDomain) -> bool:
     return bool(reply.answer)
 
 
-async def _has_designated(http: ClientSession, domain: RunningDomain) -> bool:
-    """The URS names a designated MSD, and that daemon has taken its place in the tree."""
-    try:
-        async with http.get(f"{domain.urs_url}/bootstrap/designated") as response:
-            designated = (await response.json()).get("designated")
-        if not designated:
-            return False
-        status_url = f"http://{designated['address']}:{designated['port']}/status"
-        async with http.get(status_url) as answer:
-            return answer.status == 200 and "state" in await answer.json()
-    except (ClientError, TimeoutError, ValueError, KeyError):
-        return False
-
-
 async def _tree_state(http: ClientSession, domain: RunningDomain) -> tuple[str, int]:
-    """(state, subtree count) of the domain's designated MSD, ("", 0) when unknown."""
+    """(state, subtree count) of the domain's designated MSD, ("", 0) when unknown: the URS
+    names none yet, or the daemon it names has not taken its place in the tree."""
     try:
         async with http.get(f"{domain.urs_url}/bootstrap/designated") as response:
             designated = (await response.json()).get("designated")
