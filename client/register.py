@@ -1,4 +1,9 @@
-"""Register a session with a URS over HTTP (the MSD part arrives with the sessions issue)."""
+"""Register a session with its domain's URS, which hands it to the domain's designated MSD.
+
+One call normally does both: the URS stores the session and pushes it to the designated
+MSD (urs.indexing). When the URS could not (no designated MSD known, no MSD key), the
+client asks the MSD itself to index the session by its id.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,11 @@ import json
 from typing import Any
 
 import aiohttp
+import dns.resolver
 
 from client.errors import ClientError
+from urs.indexing import INDEXED_HEADER
+from urs.locate import LocateError, UrsLocation, locate_urs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,18 +26,25 @@ class Registration:
     uri: str
     token: str | None
     created: bool
+    # The designated MSD's answer when the URS handed it the session, else None.
+    directory: dict[str, Any] | None = None
 
 
 async def register_with_urs(
-    http: aiohttp.ClientSession, *, base_url: str, domain: str, session: dict[str, Any]
+    http: aiohttp.ClientSession, *, base_url: str, domain: str, session: dict[str, Any],
+    wait: bool = False,
 ) -> Registration:
     """POST the session; an id already taken is reported (created=False), not raised."""
+    params = {"wait": "true"} if wait else None
     try:
-        async with http.post(f"{base_url}/sessions", json=session) as response:
+        async with http.post(f"{base_url}/sessions", json=session, params=params) as response:
             text = await response.text()
             if response.status == 201:
                 body = json.loads(text)
-                return Registration(uri=body["uri"], token=body["token"], created=True)
+                directory = ({"uri": body["uri"], "routed": body.get("routed", [])}
+                             if body.get("indexed") else None)
+                return Registration(uri=body["uri"], token=body["token"], created=True,
+                                    directory=directory)
             if response.status == 409:
                 return Registration(uri=f"mcast.{domain}/{session.get('id')}", token=None,
                                     created=False)
@@ -54,30 +69,38 @@ async def register_everywhere(
     session: dict[str, Any],
     dns_server: tuple[str, int] | None,
     token: str | None = None,
+    wait: bool = False,
+    location: UrsLocation | None = None,
+    dns_cache: dns.resolver.Cache | None = None,
 ) -> tuple[Registration, dict[str, Any]]:
-    """Register with the domain's URS (or update it with `token`), then with its MSD.
+    """Register with the domain's URS (or update it with `token`) and so with its MSD.
 
-    The MSD indexes what the URS holds: it fetches the record by id, so only sessions
-    the URS accepted reach the directory.
+    The answer's second part is the MSD's: the URI and its keyword routes (`"pending"`
+    unless `wait`, then each route's owner). The MSD indexes only what the URS holds:
+    the URS pushes it, or the MSD fetches it by id. `dns_cache` keeps DNS answers for
+    their TTL across calls (urs.locate.locate_urs).
     """
     from client.search import designated_msd  # search pulls in the query language
-    from urs.locate import LocateError, locate_urs
 
-    try:
-        location = await locate_urs(domain, dns_server=dns_server)
-    except LocateError as exc:
-        raise ClientError(str(exc)) from None
+    if location is None:
+        try:
+            location = await locate_urs(domain, dns_server=dns_server, cache=dns_cache)
+        except LocateError as exc:
+            raise ClientError(str(exc)) from None
     registration = await register_with_urs(http, base_url=location.base_url, domain=domain,
-                                           session=session)
+                                           session=session, wait=wait)
     if not registration.created:
         if token is None:
             raise ClientError(f"{registration.uri} is already registered; give its owner "
                               "token (--token) to update it")
         registration = await update_with_urs(http, base_url=location.base_url, domain=domain,
-                                             session=session, token=token)
+                                             session=session, token=token, wait=wait)
+    if registration.directory is not None:
+        return registration, registration.directory
     msd = await designated_msd(domain, dns_server=dns_server, http=http, location=location)
+    body = {"id": session.get("id"), "wait": wait}
     try:
-        async with http.post(f"{msd}/sessions", json={"id": session.get("id")}) as response:
+        async with http.post(f"{msd}/sessions", json=body) as response:
             answer: dict[str, Any] = await response.json()
             if response.status != 200:
                 raise ClientError(f"the MSD of {domain} refused {registration.uri}: "
@@ -89,18 +112,24 @@ async def register_everywhere(
 
 async def update_with_urs(
     http: aiohttp.ClientSession, *, base_url: str, domain: str, session: dict[str, Any],
-    token: str,
+    token: str, wait: bool = False,
 ) -> Registration:
     """PUT new parameters (and a fresh expiry) with the owner token."""
     session_id = session.get("id")
     body = {k: v for k, v in session.items() if k != "id"}
     headers = {"Authorization": f"Bearer {token}"}
+    params = {"wait": "true"} if wait else None
     try:
-        async with http.put(f"{base_url}/{session_id}", json=body, headers=headers) as response:
+        async with http.put(f"{base_url}/{session_id}", json=body, headers=headers,
+                            params=params) as response:
             text = await response.text()
             if response.status != 200:
                 raise ClientError(f"{base_url} refused the update of {session_id!r}: "
                                   f"{response.status} {_errors(text)}")
+            indexed = response.headers.get(INDEXED_HEADER, "").startswith("yes")
     except aiohttp.ClientError as exc:
         raise ClientError(f"cannot reach the URS at {base_url}: {exc}") from None
-    return Registration(uri=f"mcast.{domain}/{session_id}", token=token, created=False)
+    uri = f"mcast.{domain}/{session_id}"
+    # With wait, the routes' owners are only in the MSD's own answer: ask it (idempotent).
+    directory = {"uri": uri, "routed": "pending"} if indexed and not wait else None
+    return Registration(uri=uri, token=token, created=False, directory=directory)

@@ -27,8 +27,8 @@ from msd.geo import distance_km
 from msd.keyspace import KeyRange, key_of, shadow_of
 from msd.matching import Hit, evaluate
 from msd.query import Query, parse, positive_keywords
+from msd.relay import Delay
 from msd.schema import Scope, SessionRecord
-from msd.sessions import Delay
 from urs.locate import LocateError, UrsLocation, locate_urs
 
 CACHE_CAPACITY = 10_000
@@ -104,12 +104,11 @@ class SearchClient:
 
     async def _keyword(self, keyword: str, *, scope: Scope | None) -> list[SessionRecord]:
         found: dict[str, SessionRecord] = {}
-        if scope is not Scope.GLOBAL:
-            for record in await self._local(keyword):
-                found[record.uri] = record
-        if scope is not Scope.LOCAL:
-            for record in await self._global(keyword):
-                found.setdefault(record.uri, record)
+        local, remote = await asyncio.gather(  # the home MSD and the owner, at once
+            self._local(keyword) if scope is not Scope.GLOBAL else _nothing(),
+            self._global(keyword) if scope is not Scope.LOCAL else _nothing())
+        for record in (*local, *remote):
+            found.setdefault(record.uri, record)
         if scope is Scope.LOCAL:
             return [r for r in found.values() if r.domain == self.home]
         return list(found.values())
@@ -236,6 +235,10 @@ async def designated_msd(
     if not designated:
         raise ClientError(f"{domain} has no designated MSD (are its MSD daemons running?)")
     return f"http://{designated['address']}:{designated['port']}"
+
+
+async def _nothing() -> list[SessionRecord]:
+    return []
 
 
 def _prepared(text: str | Query) -> Query:

@@ -43,6 +43,10 @@ def add_parsers(commands: Any) -> None:
     register.add_argument("--domain", required=True, help="the domain to register in")
     register.add_argument("--dns", metavar="HOST:PORT", help="DNS server to find the domain")
     register.add_argument("--token", help="the owner token, to update an existing session")
+    register.add_argument("--wait", action="store_true",
+                          help="wait until every keyword record reached its owner (and its "
+                               "shadow's) and list them; by default the MSD routes them in "
+                               "the background and the command returns at once")
     register.add_argument("--keep-alive", action="store_true",
                           help="refresh the session every ttl/3 seconds until stopped")
     register.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -120,10 +124,10 @@ async def _register(args: argparse.Namespace, *, out: TextIO) -> int:
     token = args.token
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         registration, answer = await register_everywhere(
-            http, domain=args.domain, session=session, dns_server=dns_server, token=token)
+            http, domain=args.domain, session=session, dns_server=dns_server, token=token,
+            wait=args.wait)
         token = registration.token or token
         routed = answer.get("routed", [])
-        failed = [r for r in routed if "error" in r]
         if args.json:
             print(json.dumps({"uri": registration.uri, "token": token, "routed": routed}),
                   file=out)
@@ -132,9 +136,13 @@ async def _register(args: argparse.Namespace, *, out: TextIO) -> int:
             print(f"{verb} {registration.uri}", file=out)
             if registration.created:
                 print(f"owner token: {token}  (keep it: --token updates the session)", file=out)
-            print(f"keyword records routed: {len(routed) - len(failed)} of {len(routed)}"
-                  + (f" ({len(failed)} will be retried by --keep-alive)" if failed else ""),
-                  file=out)
+            if routed == "pending":
+                print("keyword records: the MSD is routing them to their owners "
+                      "(--wait shows where they went)", file=out)
+            elif routed:
+                failed = [r for r in routed if "error" in r]
+                print(f"keyword records routed: {len(routed) - len(failed)} of {len(routed)}"
+                      + (f" ({len(failed)} the MSD retries)" if failed else ""), file=out)
         if not args.keep_alive:
             return 0
         assert token is not None

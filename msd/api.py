@@ -1,8 +1,10 @@
 """The MSD's HTTP routes for sessions: register, routed remote-register, msd-probe, ext-search.
 
-Bad input: 4xx with `{"error": ...}` and nothing stored. A routed write between MSDs
-carries an HMAC of its body with the hierarchy key (`X-Mdns-Auth`), so nobody outside
-the hierarchy can plant records at an owner.
+Bad input: 4xx with `{"error": ...}` and nothing stored. Everything one MSD sends
+another (routed requests, the owners' replies) carries an HMAC of its body with the
+hierarchy key (`X-Mdns-Auth`, msd.relay), so nobody outside the hierarchy can plant
+records, fake an answer or aim an MSD's replies at a third party. The domain's URS
+pushes the sessions it registers with the domain's MSD key (`Authorization: Bearer`).
 """
 
 from __future__ import annotations
@@ -17,15 +19,9 @@ import aiohttp
 from aiohttp import web
 
 from msd.errors import MsdError
+from msd.relay import AUTH_HEADER, Overloaded, RoutingFailed, authentic
 from msd.schema import SessionRecord
-from msd.sessions import (
-    AUTH_HEADER,
-    NotDesignated,
-    RoutingFailed,
-    SessionService,
-    parse_record,
-    sign,
-)
+from msd.sessions import NotDesignated, SessionService, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +34,11 @@ class SessionRoutes:
 
     def __init__(
         self, *, service: Callable[[], SessionService | None], hierarchy_key: bytes,
-        urs_url: str, http: Callable[[], aiohttp.ClientSession],
+        msd_key: str, urs_url: str, http: Callable[[], aiohttp.ClientSession],
     ) -> None:
         self._service = service
         self._key = hierarchy_key
+        self._msd_key = msd_key
         self._urs_url = urs_url
         self._http = http
         self._search_client: Any = None  # made on first use: the search client's cache
@@ -50,6 +47,7 @@ class SessionRoutes:
         app.router.add_post("/sessions", self._guard(self.register))
         app.router.add_post("/msd/remote-register", self._guard(self.remote_register))
         app.router.add_post("/msd/probe", self._guard(self.probe))
+        app.router.add_post("/msd/reply", self._guard(self.reply))
         app.router.add_post("/msd/ext-search", self._guard(self.ext_search))
         app.router.add_get("/msd/local-search", self._guard(self.local_search))
         app.router.add_get("/search", self._guard(self.search))
@@ -61,12 +59,13 @@ class SessionRoutes:
         return service
 
     def _guard(
-        self, handler: Callable[[web.Request], Awaitable[dict[str, Any]]]
+        self, handler: Callable[[web.Request], Awaitable[dict[str, Any] | web.Response]]
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def guarded(request: web.Request) -> web.Response:
             try:
-                return web.json_response(await handler(request))
-            except NotDesignated as exc:
+                result = await handler(request)
+                return result if isinstance(result, web.Response) else web.json_response(result)
+            except (NotDesignated, Overloaded) as exc:
                 return web.json_response({"error": str(exc)}, status=503)
             except RoutingFailed as exc:
                 return web.json_response({"error": str(exc)}, status=502)
@@ -84,16 +83,29 @@ class SessionRoutes:
     # --- from clients ----------------------------------------------------------------------
 
     async def register(self, request: web.Request) -> dict[str, Any]:
-        """POST /sessions {"id": ...}: index a session that this domain's URS holds."""
+        """POST /sessions: index a session that this domain's URS holds.
+
+        `{"id": ...}` from anyone: the MSD fetches the record from its URS. `{"record":
+        {...}}` only from the URS itself (the domain's MSD key), which pushes what it has
+        just stored. `"wait": true` answers once every keyword route has its owner."""
         service = self.service()
         body = await _json(request)
-        session_id = body.get("id")
-        if not isinstance(session_id, str) or not 1 <= len(session_id) <= 63:
-            raise MsdError('expected {"id": "<URS identifier>"} of a session registered '
-                           "with this domain's URS")
-        record = await self._fetch_from_urs(session_id)
-        result = await service.register(record)
-        log.info("registered %s (%d keyword routes)", record.uri, len(result["routed"]))
+        if "record" in body:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self._msd_key}".encode()):
+                raise web.HTTPForbidden(text=json.dumps({"error": "a pushed record needs the "
+                                                         "domain's MSD key"}),
+                                        content_type="application/json")
+            record = parse_record(body["record"])
+        else:
+            session_id = body.get("id")
+            if not isinstance(session_id, str) or not 1 <= len(session_id) <= 63:
+                raise MsdError('expected {"id": "<URS identifier>"} of a session registered '
+                               "with this domain's URS")
+            record = await self._fetch_from_urs(session_id)
+        result = await service.register(record, wait=body.get("wait") is True)
+        log.info("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
+                 record.scope.value)
         return result
 
     async def search(self, request: web.Request) -> dict[str, Any]:
@@ -128,8 +140,11 @@ class SessionRoutes:
         records = await self.service().local_search(keyword)
         return {"keyword": keyword, "sessions": [r.model_dump(mode="json") for r in records]}
 
-    async def probe(self, request: web.Request) -> dict[str, Any]:
-        body = await _json(request)
+    async def probe(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """msd-probe: from a client (answered when the owner is found), or routed from
+        another MSD (acknowledged with 202; the owner answers the origin)."""
+        routed = AUTH_HEADER in request.headers
+        body = await (self._signed_json(request) if routed else _json(request))
         try:
             key = int(str(body.get("key")), 16)
         except ValueError:
@@ -139,7 +154,19 @@ class SessionRoutes:
         search = None
         if body.get("keyword") is not None:
             search = (_keyword(body.get("keyword")), bool(body.get("shadow", False)))
-        return await self.service().probe(key, hops=_hops(body), search=search)
+        if not routed:
+            return await self.service().probe(key, search=search)
+        self.service().relay_probe(key, search=search, body=_reply_path(body),
+                                   hops=_hops(body))
+        return web.json_response({"accepted": True}, status=202)
+
+    async def reply(self, request: web.Request) -> dict[str, Any]:
+        """The owner's answer (or a hop's error) to a routed request this MSD sent."""
+        body = await self._signed_json(request)
+        if not self.service().relay.resolve(body):
+            log.debug("late or unknown reply %s", str(body.get("request"))[:32])
+            return {"accepted": False}
+        return {"accepted": True}
 
     async def ext_search(self, request: web.Request) -> dict[str, Any]:
         body = await _json(request)
@@ -155,26 +182,25 @@ class SessionRoutes:
 
     # --- from other MSDs -------------------------------------------------------------------
 
-    async def remote_register(self, request: web.Request) -> dict[str, Any]:
+    async def remote_register(self, request: web.Request) -> web.Response:
+        """A routed remote-register from another MSD: acknowledged with 202 at once."""
+        body = await self._signed_json(request)
+        record = parse_record(body.get("record"))
+        self.service().relay_remote_register(
+            _keyword(body.get("keyword")), record, shadow=bool(body.get("shadow")),
+            origin=str(body.get("origin", ""))[:253], body=_reply_path(body), hops=_hops(body))
+        return web.json_response({"accepted": True}, status=202)
+
+    async def _signed_json(self, request: web.Request) -> dict[str, Any]:
+        """The body of a request from another MSD of the hierarchy (403 if not signed)."""
         raw = await request.read()
         if len(raw) > MAX_BODY_BYTES:
             raise MsdError(f"body larger than {MAX_BODY_BYTES} bytes")
-        given = request.headers.get(AUTH_HEADER, "")
-        if not hmac.compare_digest(given, sign(raw, key=self._key)):
-            raise web.HTTPForbidden(text=json.dumps({"error": "remote-register not "
+        if not authentic(raw, request.headers.get(AUTH_HEADER, ""), key=self._key):
+            raise web.HTTPForbidden(text=json.dumps({"error": f"{request.path}: not "
                                                      "authenticated by the hierarchy key"}),
                                     content_type="application/json")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise MsdError("body is not JSON") from None
-        if not isinstance(body, dict):
-            raise MsdError("body must be a JSON object")
-        record = parse_record(body.get("record"))
-        owner = await self.service().remote_register(
-            _keyword(body.get("keyword")), record, shadow=bool(body.get("shadow")),
-            origin=str(body.get("origin", ""))[:253], hops=_hops(body))
-        return {"owner": owner}
+        return _object(raw)
 
     async def _fetch_from_urs(self, session_id: str) -> SessionRecord:
         url = f"{self._urs_url}/{session_id}"
@@ -194,6 +220,10 @@ async def _json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if len(raw) > MAX_BODY_BYTES:
         raise MsdError(f"body larger than {MAX_BODY_BYTES} bytes")
+    return _object(raw)
+
+
+def _object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw or b"{}")
     except ValueError:
@@ -207,6 +237,19 @@ def _keyword(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value.strip()) <= MAX_KEYWORD_CHARS:
         raise MsdError(f"keyword must be 1-{MAX_KEYWORD_CHARS} characters")
     return value.strip().casefold()
+
+
+def _reply_path(body: dict[str, Any]) -> dict[str, Any]:
+    """A routed request's body, checked for where its answer goes (`reply_to`, `request`)."""
+    reply_to, request = body.get("reply_to"), body.get("request")
+    host, _, port = str(reply_to).rpartition(":")
+    if not isinstance(reply_to, str) or not host or not port.isdigit() or int(port) > 65535:
+        raise MsdError("reply_to must be HOST:PORT of the originating MSD")
+    if not isinstance(request, str) or not 1 <= len(request) <= 64:
+        raise MsdError("request must be the originator's request id (1-64 characters)")
+    if not body.get("hops"):
+        raise MsdError("hops must name at least the originating domain")
+    return body
 
 
 def _hops(body: dict[str, Any]) -> tuple[str, ...]:

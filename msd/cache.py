@@ -245,6 +245,11 @@ class RedirectCache:
         self.invalidations += 1
         return True
 
+    def clear(self) -> None:
+        """Forget every redirect (a cold cache); the counters stay."""
+        self._entries.clear()
+        self._heap.clear()
+
     def _make_room(self, now_ms: int) -> None:
         oldest = next(iter(self._entries.values()))
         if self._expired(oldest, now_ms):

@@ -39,8 +39,9 @@ from msd.errors import MsdError
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
+from msd.relay import Delay
 from msd.replay import ReplayGuard
-from msd.sessions import Delay, SessionService
+from msd.sessions import SessionService
 from msd.store import MsdStore
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,8 @@ class MsdDaemon:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.sessions is not None:
+            await self.sessions.close()
         if self.node is not None:
             await self._leave_tree()
         if self._runner is not None:
@@ -487,7 +490,8 @@ def status_app(daemon: MsdDaemon) -> web.Application:
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     SessionRoutes(service=lambda: daemon.sessions, hierarchy_key=daemon.settings.hierarchy_key,
-                  urs_url=daemon.settings.urs_url, http=daemon.http).add_to(app)
+                  msd_key=daemon.settings.msd_key, urs_url=daemon.settings.urs_url,
+                  http=daemon.http).add_to(app)
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -36,6 +36,7 @@ def open_engine(url: str, *, synchronous: Synchronous) -> AsyncEngine:
         path = parsed.database if parsed.get_backend_name() == "sqlite" else None
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite_file(Path(path))
         engine = create_async_engine(parsed)
     except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
         raise DatabaseError(f"cannot use database URL {url!r}: {exc}") from exc
@@ -54,6 +55,24 @@ def open_engine(url: str, *, synchronous: Synchronous) -> AsyncEngine:
 
         sa.event.listen(engine.sync_engine, "connect", set_pragmas)
     return engine
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse an existing file that is not an SQLite database before any driver opens it
+    (the driver's failure would leave its worker thread behind)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise DatabaseError(f"{path} is a directory, not an SQLite database file") from None
+    if header and header != SQLITE_HEADER:
+        raise DatabaseError(f"{path} exists but is not an SQLite database (file is not a "
+                            "database); move it away or give another path")
 
 
 async def open_database(

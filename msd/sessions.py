@@ -4,19 +4,18 @@ The designated MSD stores every session of its domain locally and, for global sc
 sends one `remote-register` per keyword towards the owner of the keyword's hash and
 one towards the owner of the bit-inverted hash (the shadow). Routed requests travel
 hop by hop over HTTP along the tree's routing tables (each hop's control port is also
-its HTTP port); the owner answers. Searches probe for the owner (`msd-probe`, answered
-with a `redirect`), then ask it directly (`ext-search`); an owner whose range moved
-answers `ext-search-invalid`.
+its HTTP port), one way: the owner answers the originating MSD directly (msd.relay).
+Registration returns once the session is stored here; its keyword routes follow in the
+background (or before the answer, when the caller asks to wait). Searches probe for the
+owner (`msd-probe`, answered with a `redirect`), then ask it directly (`ext-search`);
+an owner whose range moved answers `ext-search-invalid`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -26,33 +25,19 @@ from msd.errors import MsdError
 from msd.hierarchy import Node
 from msd.keyspace import key_of, shadow_of
 from msd.messages import Peer
+from msd.relay import Delay, Relay, RoutingFailed
 from msd.schema import Scope, SessionRecord
 from msd.store import MsdStore
 
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 64
-HOP_TIMEOUT_S = 2.0
 MIGRATE_BATCH = 500
 RETRY_MAX = 10_000  # sessions whose keyword routes await another try (bounded; oldest dropped)
-AUTH_HEADER = "X-Mdns-Auth"
-
-
-# An experiment's injected network delay: awaited once per message to or from a domain.
-Delay = Callable[[str], Awaitable[None]]
-
-
-def sign(body: bytes, *, key: bytes) -> str:
-    """The HMAC that authenticates a routed request's body between MSDs of one hierarchy."""
-    return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 class NotDesignated(MsdError):
     """This daemon is a backup: ask the domain's designated MSD."""
-
-
-class RoutingFailed(MsdError):
-    """A routed request found no way to the owner (a hop is down or has no route)."""
 
 
 class SessionService:
@@ -64,12 +49,11 @@ class SessionService:
         delay: Delay | None = None,
     ) -> None:
         self.domain = domain
-        self._delay = delay
-        self._key = hierarchy_key
         self.store = store
-        self._http = http
         self._node = node
         self._clock = clock  # wall-clock seconds: records expire by the URS's clock
+        self.relay = Relay(http=http, key=hierarchy_key, delay=delay,
+                           own_address=lambda: _address(self.node().address))
         self.routed = 0
         self.route_failures = 0
         self.migrated = 0
@@ -82,18 +66,29 @@ class SessionService:
             raise NotDesignated(f"this MSD of {self.domain} is not the designated one")
         return node
 
+    async def close(self) -> None:
+        await self.relay.close()
+
     # --- registration ----------------------------------------------------------------------
 
-    async def register(self, record: SessionRecord) -> dict[str, Any]:
-        """Store a session of this domain; route its keywords if it is global."""
+    async def register(self, record: SessionRecord, *, wait: bool = False) -> dict[str, Any]:
+        """Store a session of this domain; route its keywords if it is global.
+
+        With `wait`, the answer lists every keyword route's owner (or error); else the
+        routes go on in the background and the answer says they are pending."""
         self.node()
         if record.domain != self.domain:
             raise MsdError(f"{record.uri} belongs to {record.domain}, not to {self.domain}")
         await self.store.put_local(record, now=self._clock())
-        routed: list[dict[str, Any]] = []
-        if record.scope is Scope.GLOBAL:
-            routed = await self.route_record(record)
-        return {"uri": record.uri, "routed": routed}
+        if record.scope is not Scope.GLOBAL:
+            return {"uri": record.uri, "routed": []}
+        if wait:
+            return {"uri": record.uri, "routed": await self.route_record(record)}
+        self.relay.spawn(self._route_later(record), name=f"routes of {record.uri}")
+        return {"uri": record.uri, "routed": "pending"}
+
+    async def _route_later(self, record: SessionRecord) -> None:
+        await self.route_record(record)
 
     async def route_record(self, record: SessionRecord) -> list[dict[str, Any]]:
         """remote-register every keyword, to its owner and its shadow owner, concurrently."""
@@ -130,59 +125,101 @@ class SessionService:
             await self.route_record(record)
 
     async def remote_register(
-        self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str,
-        hops: tuple[str, ...] = (),
+        self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
     ) -> str:
-        """Store the keyword record here if we own its key, else pass it on; the owner's name."""
-        key = key_of(keyword)
-        if shadow:
-            key = shadow_of(key)
-        peer = self._next(key, hops=hops)
+        """Store the keyword record here if we own its key, else route it; the owner's name."""
+        peer = self._next(_key(keyword, shadow=shadow), hops=())
         if peer is None:
-            await self.store.put_global(keyword, record, shadow=shadow, origin=origin,
-                                        now=self._clock())
+            await self._store_global(keyword, record, shadow=shadow, origin=origin)
             return self.domain
         self.routed += 1
         body = {"keyword": keyword, "shadow": shadow, "origin": origin,
-                "record": record.model_dump(mode="json"), "hops": [*hops, self.domain]}
-        answer = await self._post(peer, "/msd/remote-register", body)
+                "record": record.model_dump(mode="json"), "hops": [self.domain]}
+        answer = await self.relay.originate(peer, "/msd/remote-register", body)
         return str(answer["owner"])
+
+    def relay_remote_register(
+        self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str,
+        body: dict[str, Any], hops: tuple[str, ...],
+    ) -> None:
+        """A routed remote-register reached us: store it if ours, else pass it on."""
+
+        async def handle() -> None:
+            try:
+                peer = self._next(_key(keyword, shadow=shadow), hops=hops)
+                if peer is None:
+                    await self._store_global(keyword, record, shadow=shadow, origin=origin)
+                    await self.relay.answer(body, result={"owner": self.domain})
+                    return
+            except MsdError as exc:
+                await self.relay.answer(body, error=f"{self.domain}: {exc}")
+                return
+            self.routed += 1
+            self.relay.pass_on(peer, "/msd/remote-register", body | {"hops": [*hops, self.domain]})
+
+        self.relay.spawn(handle(), name=f"remote-register {keyword}")
+
+    async def _store_global(
+        self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
+    ) -> None:
+        await self.store.put_global(keyword, record, shadow=shadow, origin=origin,
+                                    now=self._clock())
 
     # --- search ----------------------------------------------------------------------------
 
-    async def probe(
-        self, key: int, *, hops: tuple[str, ...] = (), search: tuple[str, bool] | None = None
-    ) -> dict[str, Any]:
+    async def probe(self, key: int, *, search: tuple[str, bool] | None = None) -> dict[str, Any]:
         """msd-probe: find the owner of `key`; its answer is the redirect for the client.
 
         With `search` = (keyword, shadow) the owner also answers what an ext-search would,
         saving the client a round trip to a remote owner when its cache is cold."""
-        peer = self._next(key, hops=hops)
+        peer = self._next(key, hops=())
         if peer is None:
-            node = self.node()
-            start, end = node.owned.to_json()
-            answer: dict[str, Any] = {
-                "owner": self.domain, "address": f"{node.address.host}:{node.address.port}",
-                "start": start, "end": end, "generation": node.generation, "term": node.term,
-                "hops": len(hops)}
-            if search is not None:
-                keyword, shadow = search
-                found = await self.ext_search(keyword, shadow=shadow)
-                if found is not None:
-                    answer["sessions"] = [r.model_dump(mode="json") for r in found]
-            return answer
+            return await self._owner_answer(key, hops=(), search=search)
         self.routed += 1
-        body: dict[str, Any] = {"key": f"{key:032x}", "hops": [*hops, self.domain]}
+        body: dict[str, Any] = {"key": f"{key:032x}", "hops": [self.domain]}
         if search is not None:
             body |= {"keyword": search[0], "shadow": search[1]}
-        return await self._post(peer, "/msd/probe", body)
+        return await self.relay.originate(peer, "/msd/probe", body)
+
+    def relay_probe(
+        self, key: int, *, search: tuple[str, bool] | None, body: dict[str, Any],
+        hops: tuple[str, ...],
+    ) -> None:
+        """A routed msd-probe reached us: answer its origin if we own the key, else pass it on."""
+
+        async def handle() -> None:
+            try:
+                peer = self._next(key, hops=hops)
+                if peer is None:
+                    answer = await self._owner_answer(key, hops=hops, search=search)
+                    await self.relay.answer(body, result=answer)
+                    return
+            except MsdError as exc:
+                await self.relay.answer(body, error=f"{self.domain}: {exc}")
+                return
+            self.routed += 1
+            self.relay.pass_on(peer, "/msd/probe", body | {"hops": [*hops, self.domain]})
+
+        self.relay.spawn(handle(), name=f"msd-probe {key:032x}")
+
+    async def _owner_answer(
+        self, key: int, *, hops: tuple[str, ...], search: tuple[str, bool] | None
+    ) -> dict[str, Any]:
+        node = self.node()
+        start, end = node.owned.to_json()
+        answer: dict[str, Any] = {
+            "owner": self.domain, "address": _address(node.address), "start": start,
+            "end": end, "generation": node.generation, "term": node.term, "hops": len(hops)}
+        if search is not None:
+            keyword, shadow = search
+            found = await self.ext_search(keyword, shadow=shadow)
+            if found is not None:
+                answer["sessions"] = [r.model_dump(mode="json") for r in found]
+        return answer
 
     async def ext_search(self, keyword: str, *, shadow: bool) -> list[SessionRecord] | None:
         """The owner's answer for a keyword; None (ext-search-invalid) when we do not own it."""
-        key = key_of(keyword)
-        if shadow:
-            key = shadow_of(key)
-        if key not in self.node().owned:
+        if _key(keyword, shadow=shadow) not in self.node().owned:
             return None
         return await self.store.search_global(keyword, shadow=shadow, now=self._clock())
 
@@ -222,34 +259,14 @@ class SessionService:
         except LookupError as exc:
             raise RoutingFailed(str(exc)) from None
 
-    async def _post(self, peer: Peer, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"http://{peer.host}:{peer.port}{path}"
-        timeout = aiohttp.ClientTimeout(total=HOP_TIMEOUT_S)
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", AUTH_HEADER: sign(data, key=self._key)}
-        for attempt in (1, 2):
-            try:
-                if self._delay is not None:
-                    await self._delay(peer.domain)  # the request crosses the network
-                async with self._http.post(url, data=data, headers=headers,
-                                           timeout=timeout) as response:
-                    answer: dict[str, Any] = await response.json()
-                    if self._delay is not None:
-                        await self._delay(peer.domain)  # and so does the answer
-                    if response.status != 200:
-                        raise RoutingFailed(f"{peer.domain} answered {response.status}: "
-                                            f"{answer.get('error', answer)}")
-                    return answer
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection the peer closed just then; every routed
-                # request is idempotent, so one fresh try is safe.
-                if attempt == 2:
-                    raise RoutingFailed(f"{peer.domain} at {peer.host}:{peer.port} "
-                                        f"disconnected twice on {path}") from None
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise RoutingFailed(f"{peer.domain} at {peer.host}:{peer.port} did not answer "
-                                    f"{path}: {exc or type(exc).__name__}") from None
-        raise AssertionError("unreachable")
+
+def _key(keyword: str, *, shadow: bool) -> int:
+    key = key_of(keyword)
+    return shadow_of(key) if shadow else key
+
+
+def _address(peer: Peer) -> str:
+    return f"{peer.host}:{peer.port}"
 
 
 def parse_record(data: Any) -> SessionRecord:

@@ -29,6 +29,7 @@ from urs.errors import (
     TokenRejectedError,
     UrsError,
 )
+from urs.indexing import INDEXED_HEADER, MsdIndexer
 from urs.metrics import UrsMetrics
 from urs.negotiate import negotiate
 from urs.pages import CONTENT_SECURITY_POLICY, m3u_playlist, render_landing, render_not_found
@@ -61,6 +62,7 @@ class UrsContext:
     locator: ParentLocator | None = None
     store_: SessionStore | None = None
     bootstrap_: BootstrapService | None = None
+    indexer_: MsdIndexer | None = None
 
     @property
     def store(self) -> SessionStore:
@@ -73,6 +75,12 @@ class UrsContext:
         if self.bootstrap_ is None:
             raise UrsError("the URS has not started: its bootstrap service is not ready")
         return self.bootstrap_
+
+    @property
+    def indexer(self) -> MsdIndexer:
+        if self.indexer_ is None:
+            raise UrsError("the URS has not started: it cannot reach its MSD yet")
+        return self.indexer_
 
 
 CONTEXT = web.AppKey("urs_context", UrsContext)
@@ -147,7 +155,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def register(request: web.Request) -> web.Response:
-    """POST /sessions: validate, take the id, hand back the URI and the owner token."""
+    """POST /sessions: validate, take the id, hand back the URI and the owner token.
+
+    The record then goes to the domain's designated MSD (urs.indexing); the answer says
+    whether it was indexed. `?wait=true` waits until every keyword route has its owner."""
     context = request.app[CONTEXT]
     domain = context.settings.domain
     session = _validate_session(await _read_json(request))
@@ -159,8 +170,9 @@ async def register(request: web.Request) -> web.Response:
         raise RequestRejected(409, [taken], reason="taken") from None
     context.metrics.registrations.inc()
     log.info("registered %s (expires in %d s)", record.uri, session.ttl)
+    indexed = await context.indexer.push(record, wait=_wait(request))
     return web.json_response(
-        {"uri": record.uri, "token": token, "expires_at": record.expires_at},
+        {"uri": record.uri, "token": token, "expires_at": record.expires_at} | indexed,
         status=201,
         headers={"Location": f"/{record.id}"},
     )
@@ -225,7 +237,10 @@ async def replace(request: web.Request) -> web.Response:
         _reject_auth(403, "the owner token is missing or wrong (Authorization: Bearer <token>)")
     context.metrics.updates.inc()
     log.info("updated %s (expires in %d s)", record.uri, session.ttl)
-    return web.json_response(_record_json(record))
+    indexed = await context.indexer.push(record, wait=_wait(request))
+    # The body stays the record; whether the directory has the update goes in a header.
+    state = "yes" if indexed["indexed"] else " ".join(f"no; {indexed['reason']}".split())
+    return web.json_response(_record_json(record), headers={INDEXED_HEADER: state[:300]})
 
 
 async def bootstrap_document(request: web.Request) -> web.Response:
@@ -318,6 +333,10 @@ async def metrics(request: web.Request) -> web.Response:
         context.metrics.active_sessions.set(count)
     body = context.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _wait(request: web.Request) -> bool:
+    return request.query.get("wait", "").lower() in {"1", "true", "yes"}
 
 
 def _wanted_format(request: web.Request) -> str:

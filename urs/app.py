@@ -32,6 +32,7 @@ from aiohttp import web
 from urs.api import CONTEXT, UrsContext, add_routes
 from urs.bootstrap import BootstrapService, ParentLocator
 from urs.errors import StoreError
+from urs.indexing import MsdIndexer
 from urs.metrics import UrsMetrics
 from urs.settings import UrsSettings
 from urs.store import SessionStore
@@ -119,12 +120,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 metrics=context.metrics,
                 locator=context.locator,
             )
+            context.indexer_ = MsdIndexer(settings, store=store, clock=context.clock,
+                                          http=http)
             purge = asyncio.create_task(_purge_loop(app), name=f"urs-purge {settings.domain}")
             try:
                 yield
             finally:
                 await _cancel(purge)
                 context.bootstrap_ = None
+                context.indexer_ = None
                 context.store_ = None
     finally:
         await store.close()

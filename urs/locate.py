@@ -7,9 +7,11 @@ URS on one host, so `_mdns-urs._tcp.<domain>` names the port; without it, port 8
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import time
+from typing import cast
 
 import dns.asyncresolver
 import dns.exception
@@ -63,43 +65,57 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _resolver(dns_server: tuple[str, int] | None) -> dns.asyncresolver.Resolver:
+def _resolver(
+    dns_server: tuple[str, int] | None, cache: dns.resolver.Cache | None
+) -> dns.asyncresolver.Resolver:
     if dns_server is None:
         try:
-            return dns.asyncresolver.Resolver()
+            resolver = dns.asyncresolver.Resolver()
         except dns.resolver.NoResolverConfiguration as exc:
             raise LocateError(
                 "this host has no DNS resolver configured; give one with --dns HOST:PORT"
             ) from exc
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    host, port = dns_server
-    resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)]
+    else:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        host, port = dns_server
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)]
+    resolver.cache = cache
     return resolver
 
 
 async def locate_urs(
-    domain: str, *, dns_server: tuple[str, int] | None = None, timeout: float = 3.0
+    domain: str, *, dns_server: tuple[str, int] | None = None, timeout: float = 3.0,
+    cache: dns.resolver.Cache | None = None,
 ) -> UrsLocation:
-    """Resolve `mcast.<domain>` (A, else AAAA) and the URS port (SRV, else port 80)."""
+    """Resolve `mcast.<domain>` (A, else AAAA) and the URS port (SRV, else port 80).
+
+    With `cache` (dnspython's, which keeps each answer for its TTL), a long-running
+    client asks DNS again only when the answers expire, as a caching stub resolver does."""
     domain = domain.rstrip(".").lower()
-    resolver = _resolver(dns_server)
+    resolver = _resolver(dns_server, cache)
     # One deadline for the whole lookup, on the monotonic clock.
     deadline = time.monotonic() + timeout
     where = f"DNS server {dns_server[0]}:{dns_server[1]}" if dns_server else "the system resolver"
     name = f"mcast.{domain}"
 
-    host: str | None = None
-    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-        answer = await _query(resolver, name, rdtype, deadline=deadline, where=where)
-        if answer is not None:
-            host = answer[0].address
-            break
-    if host is None:
+    # The address and the SRV record are independent: ask for both at once.
+    both = await asyncio.gather(
+        _query(resolver, name, dns.rdatatype.A, deadline=deadline, where=where),
+        _query(resolver, f"{SRV_PREFIX}.{domain}", dns.rdatatype.SRV, deadline=deadline,
+               where=where),
+        return_exceptions=True)
+    for failure in both:  # the address's error first: it names what the user asked for
+        if isinstance(failure, BaseException):
+            raise failure
+    address, srv = cast(tuple[dns.resolver.Answer | None, dns.resolver.Answer | None], both)
+    if address is None:
+        address = await _query(resolver, name, dns.rdatatype.AAAA, deadline=deadline,
+                               where=where)
+    if address is None:
         raise LocateError(f"{name} has no address record ({where})")
+    host: str = address[0].address
 
     port, from_srv = WELL_KNOWN_URS_PORT, False
-    srv = await _query(resolver, f"{SRV_PREFIX}.{domain}", dns.rdatatype.SRV,
-                       deadline=deadline, where=where)
     if srv is not None:
         best = min(srv, key=lambda record: (record.priority, -record.weight))
         port, from_srv = int(best.port), True

@@ -5,9 +5,16 @@ of the dissertation's list: register a session at a random domain, then search f
 from an independently chosen random domain, retrying at once on a miss. Latency is the
 time from the start of the registration call until the search returns the session.
 Every inter-domain message (MSD to MSD, client to a remote domain) is delayed
-uniformly at random in the given range; traffic inside a domain is not. Cold: a fresh
-redirect cache for every search. Warm: each domain's client has already probed every
-keyword once.
+uniformly at random in the given range; traffic inside a domain is not. Cold: the
+searching client's redirect cache is emptied before every search, so each search
+probes for the owner. Warm: each domain's client has already probed every keyword once.
+
+The clients are long-running, as a content host's registering process or a user's
+search client would be: each knows its home domain's designated MSD after the first
+lookup and keeps DNS answers for their TTL (urs.locate). The registration call returns
+once the home domain's URS stored the session and its designated MSD indexed it; the
+keyword records then travel to their owners while the search is already under way, so
+that routing time is part of every figure.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from dns.resolver import Cache as DnsCache
 
 from client.register import register_everywhere
 from client.search import SearchClient
@@ -105,7 +113,10 @@ async def _pass(
     progress: Callable[[str], None] | None,
 ) -> list[float]:
     label = "warm" if warm else "cold"
+    dns_cache = DnsCache()
     clients = {d: SearchClient(home=d, dns_server=dns, http=http, delay=delay) for d in domains}
+    for client in clients.values():
+        await client.home_msd()  # a running client knows its home MSD
     if warm:
         for client in clients.values():  # every domain has probed every keyword once
             for keyword in dict.fromkeys(settings.keywords):
@@ -116,11 +127,12 @@ async def _pass(
         session = {"id": f"{label}-{number}", "title": f"{keyword} ({label})",
                    "keywords": [keyword], "group": f"239.255.{number // 250}.{number % 250 + 1}",
                    "port": 5004, "ttl": 600}
-        client = clients[searcher] if warm else SearchClient(
-            home=searcher, dns_server=dns, http=http, delay=delay)
+        client = clients[searcher]
+        if not warm:
+            client.cache.clear()
         started = time.perf_counter()
         registration, _ = await register_everywhere(http, domain=home, session=session,
-                                                    dns_server=dns)
+                                                    dns_server=dns, dns_cache=dns_cache)
         while True:
             hits = await client.search(keyword)
             if any(hit.session.uri == registration.uri for hit in hits):

@@ -25,7 +25,7 @@ import dns.message
 import dns.rdatatype
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from msd.sessions import Delay
+from msd.relay import Delay
 from msd.store import sqlite_url
 from urs.app import create_app
 from urs.settings import UrsSettings

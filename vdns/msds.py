@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from msd.daemon import MsdDaemon, MsdSettings
-from msd.sessions import Delay
+from msd.relay import Delay
 
 log = logging.getLogger(__name__)
 

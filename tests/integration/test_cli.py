@@ -126,7 +126,7 @@ def test_register_and_search_from_the_command_line(demo: Demo) -> None:
     registered = _mdns("register", "--domain", "mit.edu", "--dns", dns, "--json",
                        "--id", "jazz-club", "--title", "MIT jazz club", "--keywords",
                        "Jazz, music", "--group", "239.255.7.7", "--port", "5010",
-                       "--lat", "42.36", "--lon", "-71.09")
+                       "--lat", "42.36", "--lon", "-71.09", "--wait")
     assert registered.returncode == 0, registered.stderr
     result = json.loads(registered.stdout)
     assert result["uri"] == "mcast.mit.edu/jazz-club" and result["token"]

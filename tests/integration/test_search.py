@@ -51,7 +51,7 @@ async def test_sessions_registered_anywhere_are_found_from_every_domain(
             scope = "local" if number % 10 == 0 else "global"
             registration, answer = await register_everywhere(
                 http, domain=domain, session=_session(number, word, scope=scope),
-                dns_server=dns)
+                dns_server=dns, wait=True)
             assert all("owner" in route for route in answer["routed"]), answer
             placed[word] = (registration.uri, scope)
         for home in domains:
@@ -70,7 +70,7 @@ async def test_the_shadow_answers_when_the_owner_is_dead(scenario3: Hierarchy) -
     async with aiohttp.ClientSession() as http:
         session = _session(1, "jazz") | {"keywords": [f"jazz{i}" for i in range(10)]}
         registered = await register_everywhere(http, domain=domains[0], session=session,
-                                               dns_server=dns)
+                                               dns_server=dns, wait=True)
         owners = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if not r["shadow"]}
         shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
         # A keyword whose owner is neither the registering, the searching nor its shadow domain.
@@ -99,7 +99,7 @@ async def test_the_msd_answers_a_whole_search_in_one_call(scenario3: Hierarchy) 
     domains = sorted(scenario3.domains)
     async with aiohttp.ClientSession() as http:
         await register_everywhere(http, domain=domains[2], session=_session(7, "opera"),
-                                  dns_server=dns)
+                                  dns_server=dns, wait=True)
         designated = next(s["designated"] for s in await _statuses(scenario3)
                           if s["name"] == domains[5])
         url = f"http://{designated}/search"

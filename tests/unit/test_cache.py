@@ -238,3 +238,14 @@ def test_the_clock_must_not_go_backwards() -> None:
     not_a_redirect: Any = "dom01"
     with pytest.raises(InvalidRedirectError):
         cache.put("jazz", not_a_redirect, 101)
+
+
+def test_clear_forgets_every_redirect_and_keeps_working() -> None:
+    cache = RedirectCache(4)
+    for number, word in enumerate(("a", "b", "c")):
+        cache.put(word, redirect(), number)
+    cache.clear()
+    assert len(cache) == 0 and cache.get("a", 10) is None
+    for number, word in enumerate(("d", "e", "f", "g", "h")):  # fills past capacity again
+        cache.put(word, redirect(), 20 + number)
+    assert len(cache) == 4 and "d" not in cache
