@@ -1,10 +1,12 @@
-"""Register a session with a URS over HTTP (the MSD part arrives with the sessions issue)."""
+"""Register a session with its domain's URS and MSD over HTTP, once or kept alive."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -104,3 +106,43 @@ async def update_with_urs(
     except aiohttp.ClientError as exc:
         raise ClientError(f"cannot reach the URS at {base_url}: {exc}") from None
     return Registration(uri=f"mcast.{domain}/{session_id}", token=token, created=False)
+
+
+async def keep_alive(
+    http: aiohttp.ClientSession,
+    *,
+    domain: str,
+    session: dict[str, Any],
+    token: str,
+    dns_server: tuple[str, int] | None,
+    interval_s: float,
+    report: Callable[[str], None],
+) -> NoReturn:
+    """Register the session again every `interval_s` (ttl/3) until cancelled.
+
+    Each round is `register_everywhere` with the owner token: the URS's PUT gives a fresh
+    expiry and the MSD re-indexes and re-routes the record with it. A round that fails is
+    reported and the next comes on schedule (two more chances before the expiry). A
+    session that expired meanwhile (say, the host slept) is registered anew, and its new
+    owner token is used from then on and reported.
+    """
+    loop = asyncio.get_running_loop()
+    due = loop.time() + interval_s
+    while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        due = max(due + interval_s, loop.time())  # a late round does not make the next early
+        try:
+            registration, answer = await register_everywhere(
+                http, domain=domain, session=session, dns_server=dns_server, token=token)
+        except (ClientError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            report(f"refresh of {session.get('id')!r} failed, trying again in "
+                   f"{interval_s:.0f} s: {exc}")
+            continue
+        if registration.created and registration.token is not None:
+            token = registration.token
+            report(f"{registration.uri} had expired and is registered again; "
+                   f"new owner token: {token}")
+        failed = [r for r in answer.get("routed", []) if "error" in r]
+        if failed:
+            report(f"{len(failed)} keyword record(s) of {registration.uri} not routed yet; "
+                   "its MSD retries them")

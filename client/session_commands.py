@@ -17,14 +17,14 @@ from pydantic import ValidationError
 
 from client.config import HOME_ENV, RESOLV_CONF_ENV, config_path, home_domain, load_config
 from client.errors import ClientError
-from client.register import register_everywhere, update_with_urs
+from client.register import keep_alive, register_everywhere
 from client.resolve import resolve
 from client.search import SearchClient
 from client.uri import parse_uri
 from msd.matching import Hit
 from msd.query import GRAMMAR
 from msd.schema import Session, SessionRecord, field_errors
-from urs.locate import locate_urs, parse_dns_server
+from urs.locate import parse_dns_server
 
 LIST_FIELDS = {"keywords"}
 NUMBER_FIELDS = {"port": int, "fallback_port": int, "ttl": int, "lat": float, "lon": float}
@@ -138,17 +138,15 @@ async def _register(args: argparse.Namespace, *, out: TextIO) -> int:
                   file=out)
         if not args.keep_alive:
             return 0
-        assert token is not None
-        ttl = int(session.get("ttl", Session.model_fields["ttl"].default))
-        location = await locate_urs(args.domain, dns_server=dns_server)
-        print(f"keeping {registration.uri} alive every {ttl / 3:.0f} s; Ctrl-C stops",
+        if token is None:  # register_everywhere refuses an existing session without one
+            raise ClientError(f"no owner token for {registration.uri}; give --token")
+        interval = Session.model_validate(session).ttl / 3  # validated: "ttl" may be text
+        print(f"keeping {registration.uri} alive every {interval:.1f} s; Ctrl-C stops",
               file=out, flush=True)
-        while True:
-            await asyncio.sleep(ttl / 3)
-            await update_with_urs(http, base_url=location.base_url, domain=args.domain,
-                                  session=session, token=token)
-            await register_everywhere(http, domain=args.domain, session=session,
-                                      dns_server=dns_server, token=token)
+        await keep_alive(http, domain=args.domain, session=session, token=token,
+                         dns_server=dns_server, interval_s=interval,
+                         report=lambda line: print(f"mdns: {line}", file=sys.stderr,
+                                                   flush=True))
 
 
 # --- search ----------------------------------------------------------------------------------
