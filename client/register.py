@@ -2,14 +2,17 @@
 
 One call normally does both: the URS stores the session and pushes it to the designated
 MSD (urs.indexing). When the URS could not (no designated MSD known, no MSD key), the
-client asks the MSD itself to index the session by its id.
+client asks the MSD itself to index the session by its id. `keep_alive` repeats the
+registration with the owner token until cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import aiohttp
 import dns.resolver
@@ -133,3 +136,44 @@ async def update_with_urs(
     # With wait, the routes' owners are only in the MSD's own answer: ask it (idempotent).
     directory = {"uri": uri, "routed": "pending"} if indexed and not wait else None
     return Registration(uri=uri, token=token, created=False, directory=directory)
+
+
+async def keep_alive(
+    http: aiohttp.ClientSession,
+    *,
+    domain: str,
+    session: dict[str, Any],
+    token: str,
+    dns_server: tuple[str, int] | None,
+    interval_s: float,
+    report: Callable[[str], None],
+) -> NoReturn:
+    """Register the session again every `interval_s` (ttl/3) until cancelled.
+
+    Each round is `register_everywhere` with the owner token: the URS's PUT gives a fresh
+    expiry and the MSD re-indexes and re-routes the record with it. A round that fails is
+    reported and the next comes on schedule (two more chances before the expiry). A
+    session that expired meanwhile (say, the host slept) is registered anew, and its new
+    owner token is used from then on and reported.
+    """
+    loop = asyncio.get_running_loop()
+    due = loop.time() + interval_s
+    while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        due = max(due + interval_s, loop.time())  # a late round does not make the next early
+        try:
+            registration, answer = await register_everywhere(
+                http, domain=domain, session=session, dns_server=dns_server, token=token)
+        except (ClientError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            report(f"refresh of {session.get('id')!r} failed, trying again in "
+                   f"{interval_s:.0f} s: {exc}")
+            continue
+        if registration.created and registration.token is not None:
+            token = registration.token
+            report(f"{registration.uri} had expired and is registered again; "
+                   f"new owner token: {token}")
+        routed = answer.get("routed", [])
+        failed = [r for r in routed if "error" in r] if isinstance(routed, list) else []
+        if failed:
+            report(f"{len(failed)} keyword record(s) of {registration.uri} not routed yet; "
+                   "its MSD retries them")

@@ -13,20 +13,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
-import dns.resolver
 from pydantic import ValidationError
 
+from client.config import HOME_ENV, RESOLV_CONF_ENV, config_path, home_domain, load_config
 from client.errors import ClientError
-from client.register import register_everywhere, update_with_urs
+from client.register import keep_alive, register_everywhere
 from client.resolve import resolve
 from client.search import SearchClient
 from client.uri import parse_uri
 from msd.matching import Hit
 from msd.query import GRAMMAR
 from msd.schema import Session, SessionRecord, field_errors
-from urs.locate import locate_urs, parse_dns_server
+from urs.locate import parse_dns_server
 
-CONFIG_NAME = "client.json"
 LIST_FIELDS = {"keywords"}
 NUMBER_FIELDS = {"port": int, "fallback_port": int, "ttl": int, "lat": float, "lon": float}
 
@@ -60,8 +59,10 @@ def add_parsers(commands: Any) -> None:
         description="Search every domain's global sessions and your home domain's own ones.",
         epilog=GRAMMAR, formatter_class=argparse.RawDescriptionHelpFormatter)
     search.add_argument("query", help='e.g. "jazz near:29.6,-82.3"')
-    search.add_argument("--home", help="your home domain, whose MSD you ask (default: "
-                        "$MDNS_HOME, then the config file, then the DNS search domain)")
+    search.add_argument("--home", help=f"your home domain, whose MSD you ask (default: "
+                        f"${HOME_ENV}, then \"home\" in $XDG_CONFIG_HOME/mdns/client.json "
+                        "(~/.config/mdns/client.json), then the host's DNS search domain, "
+                        f"from /etc/resolv.conf or the file ${RESOLV_CONF_ENV} names)")
     search.add_argument("--domain", help="search only this domain's sessions")
     search.add_argument("--dns", metavar="HOST:PORT", help="DNS server to find the domains")
     output = search.add_mutually_exclusive_group()
@@ -145,46 +146,23 @@ async def _register(args: argparse.Namespace, *, out: TextIO) -> int:
                       + (f" ({len(failed)} the MSD retries)" if failed else ""), file=out)
         if not args.keep_alive:
             return 0
-        assert token is not None
-        ttl = int(session.get("ttl", Session.model_fields["ttl"].default))
-        location = await locate_urs(args.domain, dns_server=dns_server)
-        print(f"keeping {registration.uri} alive every {ttl / 3:.0f} s; Ctrl-C stops",
+        if token is None:  # register_everywhere refuses an existing session without one
+            raise ClientError(f"no owner token for {registration.uri}; give --token")
+        interval = Session.model_validate(session).ttl / 3  # validated: "ttl" may be text
+        print(f"keeping {registration.uri} alive every {interval:.1f} s; Ctrl-C stops",
               file=out, flush=True)
-        while True:
-            await asyncio.sleep(ttl / 3)
-            await update_with_urs(http, base_url=location.base_url, domain=args.domain,
-                                  session=session, token=token)
-            await register_everywhere(http, domain=args.domain, session=session,
-                                      dns_server=dns_server, token=token)
+        await keep_alive(http, domain=args.domain, session=session, token=token,
+                         dns_server=dns_server, interval_s=interval,
+                         report=lambda line: print(f"mdns: {line}", file=sys.stderr,
+                                                   flush=True))
 
 
 # --- search ----------------------------------------------------------------------------------
 
-def home_domain(args: argparse.Namespace) -> str:
-    """--home, else $MDNS_HOME, else the config file, else the host's DNS search domain."""
-    if args.home:
-        return str(args.home)
-    if os.environ.get("MDNS_HOME"):
-        return os.environ["MDNS_HOME"]
-    config = _config()
-    if isinstance(config.get("home"), str):
-        return str(config["home"])
-    try:
-        resolver = dns.resolver.Resolver()
-        if resolver.search:
-            return resolver.search[0].to_text().rstrip(".")
-        if resolver.domain and resolver.domain.to_text() != ".":
-            return resolver.domain.to_text().rstrip(".")
-    except dns.resolver.NoResolverConfiguration:
-        pass
-    raise ClientError("no home domain: give --home D, set MDNS_HOME, or add "
-                      f'{{"home": "D"}} to {_config_path()}')
-
-
 async def _search(args: argparse.Namespace, *, out: TextIO) -> int:
-    dns_text = args.dns or _config().get("dns")
+    dns_text = args.dns or load_config(config_path()).get("dns")
     dns_server = parse_dns_server(dns_text) if dns_text else None
-    home = args.domain or home_domain(args)
+    home = args.domain or home_domain(args.home)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         client = SearchClient(home=home, dns_server=dns_server, http=http)
         if args.domain:
@@ -254,18 +232,3 @@ async def _open(args: argparse.Namespace, *, out: TextIO) -> int:
     os.execvp(player, command)
     return 0  # not reached
 
-
-def _config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "mdns" / CONFIG_NAME
-
-
-def _config() -> dict[str, Any]:
-    path = _config_path()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ClientError(f"{path}: not a readable JSON object ({exc})") from None
-    return data if isinstance(data, dict) else {}

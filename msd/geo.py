@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Generic, NamedTuple, TypeVar
 
 from geopy.distance import ELLIPSOIDS, geodesic
@@ -307,6 +308,181 @@ def _ecef(lat: float, lon: float) -> tuple[float, float, float]:
     n = _A_KM / math.sqrt(1.0 - _E2 * math.sin(phi) ** 2)
     across = n * math.cos(phi)
     return across * math.cos(lam), across * math.sin(lam), n * (1.0 - _E2) * math.sin(phi)
+
+
+# --- sub-cell covers and the exact circle ----------------------------------------------------
+
+PREFIX_BUDGET = 256  # key prefixes one sub-cell cover may use (a store turns each into a range)
+
+
+class _Fit(Enum):
+    OUT = "out"  # no point of the box can be within reach
+    PART = "part"  # some may be: splitting the box may drop some of its children
+    IN = "in"  # every point passes the bound: splitting cannot drop anything
+
+
+def _wrapped(dlon: float) -> float:
+    return abs((dlon + 180.0) % 360.0 - 180.0)
+
+
+def _lon_gaps(lon: float, west: float, east: float) -> tuple[float, float]:
+    """Least and greatest wrapped longitude difference (≤ 180°) from lon to [west, east]."""
+    width = east - west
+    off = (lon - west) % 360.0
+    least = 0.0 if off <= width else min(off - width, 360.0 - off)
+    if (lon + 180.0 - west) % 360.0 <= width:
+        return least, 180.0  # the opposite meridian crosses the box
+    return least, max(_wrapped(lon - west), _wrapped(lon - east))
+
+
+class _Box(NamedTuple):
+    prefix: str
+    south: float
+    west: float
+    size: float  # degrees, both ways
+    fit: _Fit
+
+
+class _LowerBound:
+    """A lower bound on the geodesic distance from the centre to any point of a lat/lon box.
+
+    The shortest path to a point within reach stays in the cover's latitude band, where the
+    meridional radius is ≥ M_min and the parallel radius ≥ p_min (0 once the band reaches a
+    pole). There ds² = M²dφ² + p²dλ² ≥ (M_min·dφ)² + (p_min·dλ)², and the length of a path in
+    that constant metric is at least the straight line's: √((M_min·Δφ)² + (p_min·Δλ)²), with
+    Δλ the wrapped longitude difference. An ellipse, then, inside the cover's rectangle.
+    """
+
+    __slots__ = ("_lat", "_lon", "_m", "_p", "_reach2")
+
+    def __init__(self, lat: float, lon: float, reach: float) -> None:
+        self._lat, self._lon, self._reach2 = lat, lon, reach * reach
+        dlat = math.degrees(reach / _M_MIN_KM) + _SLACK_DEG
+        south, north = lat - dlat, lat + dlat
+        polar = south <= -90.0 or north >= 90.0
+        self._m = math.radians(_M_MIN_KM)  # km per degree
+        self._p = 0.0 if polar else math.radians(_parallel_radius_km(max(-south, north)))
+
+    def fit(self, south: float, west: float, north: float, east: float) -> _Fit:
+        # Widened like the cover's bounds, so a point a rounding error outside its box counts.
+        south, west = south - _SLACK_DEG, west - _SLACK_DEG
+        north, east = north + _SLACK_DEG, east + _SLACK_DEG
+        lat_least = max(0.0, south - self._lat, self._lat - north)
+        lon_least, lon_most = _lon_gaps(self._lon, west, east)
+        if (self._m * lat_least) ** 2 + (self._p * lon_least) ** 2 > self._reach2:
+            return _Fit.OUT
+        lat_most = max(abs(south - self._lat), abs(north - self._lat))
+        if (self._m * lat_most) ** 2 + (self._p * lon_most) ** 2 <= self._reach2:
+            return _Fit.IN
+        return _Fit.PART
+
+
+class Circle:
+    """A near: query's circle on WGS-84: its cells, its key prefixes and the exact test.
+
+    ``distance(lat, lon)`` is the geodesic distance when it is ≤ km (the boundary is inside),
+    else None; the straight chord between the Earth-centred positions, never longer than the
+    geodesic, rejects most outsiders before the ~50 µs geodesic is computed.
+    """
+
+    __slots__ = ("_reach", "_xyz", "km", "lat", "lon")
+
+    def __init__(self, lat: float, lon: float, km: float) -> None:
+        self.lat, self.lon = check_point(lat, lon)
+        self.km = _check_radius(km)
+        self._reach = _reach(self.km)
+        self._xyz = _ecef(self.lat, self.lon)
+
+    def __repr__(self) -> str:
+        return f"Circle(lat={self.lat}, lon={self.lon}, km={self.km})"
+
+    def cover(self) -> Cover:
+        """The 1° cells that can hold a point of the circle (as :func:`cells_within`)."""
+        return _cover(self.lat, self.lon, self._reach)
+
+    def distance(self, lat: float, lon: float) -> float | None:
+        """The geodesic distance in km from the centre if it is ≤ km, else None."""
+        point = check_point(lat, lon)
+        x, y, z = _ecef(*point)
+        cx, cy, cz = self._xyz
+        if (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 > self._reach * self._reach:
+            return None
+        d = float(_GEODESIC.measure((self.lat, self.lon), point))
+        return d if d <= self.km else None
+
+    def prefixes(
+        self, *, k: int = K, depth: int = DEPTH, budget: int = PREFIX_BUDGET
+    ) -> tuple[str, ...] | None:
+        """Sorted key prefixes such that every point of the circle has a sub-cell key (of a k-ary
+        tree of that depth) starting with one of them; None means "every key".
+
+        A prefix is 'row,' (a whole row of 1° cells), 'row,col/' (a 1° cell) or
+        'row,col/path' (a sub-cell); they are disjoint. The 1° cells of :meth:`cover` that
+        the lower bound of :class:`_LowerBound` cannot rule out are split level by level,
+        dropping the children it rules out, while at most ``budget`` prefixes result and
+        the tree is not deeper than ``depth``. A cover of more than 4 × budget cells, or
+        whose remaining cells exceed the budget, gives its rows instead.
+        """
+        _check_tree(k, depth)
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise GeoError(f"the prefix budget must be a positive integer, got {budget!r}")
+        cover = self.cover()
+        if cover.everything:
+            return None
+        rows = [f"{row}," for row in cover.rows]
+        if len(cover) > 4 * budget:
+            return tuple(sorted(rows)) if len(rows) <= budget else None
+        bound = _LowerBound(self.lat, self.lon, self._reach)
+        kept: dict[int, list[_Box]] = {}
+        for row, col in cover:
+            south, west = row - 90.0, col - 180.0
+            fit = bound.fit(south, west, south + 1.0, west + 1.0)
+            if fit is not _Fit.OUT:
+                kept.setdefault(row, []).append(_Box(f"{row},{col}/", south, west, 1.0, fit))
+        if sum(len(cells) for cells in kept.values()) > budget:
+            rows = [f"{row}," for row in kept]
+            return tuple(sorted(rows)) if len(rows) <= budget else None
+        final: list[str] = []
+        frontier: list[_Box] = []
+        for row, cells in kept.items():
+            if len(cells) == COLS:
+                final.append(f"{row},")  # one range instead of 360
+                continue
+            for box in cells:
+                if box.fit is _Fit.PART:
+                    frontier.append(box)
+                else:
+                    final.append(box.prefix)
+        for _level in range(depth):
+            if not frontier:
+                break
+            children: list[_Box] = []
+            for box in frontier:
+                step = box.size / k
+                for dy in range(k):  # digit k·dy + dx, dy northward: as subcell_of numbers them
+                    for dx in range(k):
+                        s, w = box.south + dy * step, box.west + dx * step
+                        fit = bound.fit(s, w, s + step, w + step)
+                        if fit is not _Fit.OUT:
+                            children.append(_Box(box.prefix + _DIGITS[dy * k + dx], s, w, step,
+                                                 fit))
+            if len(final) + len(children) > budget:
+                break
+            final += [child.prefix for child in children if child.fit is _Fit.IN]
+            frontier = [child for child in children if child.fit is _Fit.PART]
+        final += [box.prefix for box in frontier]
+        return tuple(sorted(final))
+
+
+def prefixes_within(
+    lat: float, lon: float, km: float, *, k: int = K, depth: int = DEPTH,
+    budget: int = PREFIX_BUDGET,
+) -> tuple[str, ...] | None:
+    """Key prefixes holding every sub-cell key within km of (lat, lon); None: every key.
+
+    See :meth:`Circle.prefixes`: never misses a point, ≤ budget prefixes, disjoint.
+    """
+    return Circle(lat, lon, km).prefixes(k=k, depth=depth, budget=budget)
 
 
 _Point = tuple[float, float, float, float, float]  # lat, lon, x, y, z

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from enum import StrEnum
@@ -20,13 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from msd.database import DatabaseError, open_database
 from msd.errors import MsdError
+from msd.geo import Circle, GeoError, parse_cell_key, subcell_key
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.schema import SessionRecord
 
 SEARCH_MAX = 1000  # records one keyword search returns at most
 NEAR_MAX = 1000  # sessions one geo lookup returns at most
 CELLS_PER_QUERY = 500  # cell keys per IN list (SQLite caps bound parameters per statement)
+RANGES_PER_QUERY = 200  # key ranges per statement: two bound parameters each
 COLLECT_BATCH = 500  # URIs the collector deletes per transaction, so writers never wait long
+BULK_BATCH = 500  # records put_global_many writes per transaction
+# The geo rows' sub-cell tree (msd.geo): fixed per store, since keys of two trees do not mix.
+GEO_K = 2
+GEO_DEPTH = 5  # 1/32° ≈ 3.5 km at the equator, the dissertation's figure
 SQLITE_FILE = "msd.sqlite"
 
 _DOMAIN = re.compile(r"[a-z0-9_-][a-z0-9_.-]{0,252}")
@@ -62,9 +68,12 @@ global_records = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+# 'row,col/path': a sub-cell key, so a 1° cell or any coarser sub-cell is a key range (bytewise
+# order on PostgreSQL too). Rows written before sub-cells hold the bare 1° key 'row,col'.
+_CELL = sa.String(24).with_variant(sa.String(24, collation="C"), "postgresql")
 geo_cells = sa.Table(
     "geo_cells", metadata,
-    sa.Column("cell", sa.String(8), primary_key=True),
+    sa.Column("cell", _CELL, primary_key=True),
     sa.Column("uri", _URI, primary_key=True, index=True),
     sa.Column("kind", sa.String(8), primary_key=True),
 )
@@ -92,10 +101,16 @@ class HeldRecord(NamedTuple):
     origin: str
 
 
-def geo_cell(lat: float, lon: float) -> str:
-    """The 1° cell 'row,col' of a point (row from latitude −90, column from longitude −180)."""
-    # To be replaced by msd.geo's cell key, which is the same formula.
-    return f"{min(179, max(0, math.floor(lat + 90.0)))},{math.floor(lon + 180.0) % 360}"
+class NearRecord(NamedTuple):
+    """A record found by a proximity search, with its geodesic distance from the centre."""
+
+    record: SessionRecord
+    distance_km: float
+
+
+def geo_key(lat: float, lon: float) -> str:
+    """The geo row key of a point: its sub-cell 'row,col/path' (msd.geo, k = 2, depth 5)."""
+    return subcell_key(lat, lon, k=GEO_K, depth=GEO_DEPTH)
 
 
 def key_hex(key: int) -> str:
@@ -180,6 +195,23 @@ class MsdStore:
             query = query.where(LS.scope == scope)
         return await self._bodies("search local", query)
 
+    async def search_local_near(
+        self, keyword: str, *, near: tuple[float, float], within_km: float, now: float,
+        scope: str | None = None, limit: int = SEARCH_MAX,
+    ) -> list[NearRecord]:
+        """`search_local` within `within_km` (inclusive, geodesic) of `near`, nearest first.
+
+        Candidates come from the geo rows in the circle's sub-cell cover, then each is kept
+        only if its exact distance is within; sessions without coordinates are left out.
+        """
+        circle = _circle(near, within_km)
+        query = (sa.select(LS.body).join(local_keywords, LK.uri == LS.uri)
+                 .join(geo_cells, sa.and_(GC.uri == LS.uri, GC.kind == GeoKind.LOCAL))
+                 .where(LK.keyword == keyword, LS.expires_at > now))
+        if scope is not None:
+            query = query.where(LS.scope == scope)
+        return await self._nearest("search local near", query, circle, limit=limit)
+
     async def put_global(
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str, now: float
     ) -> None:
@@ -195,6 +227,33 @@ class MsdStore:
             await _upsert(conn, global_records, values, keys=("keyword", "uri", "shadow"))
             await _place(conn, record, kind=GeoKind.SHADOW if shadow else GeoKind.GLOBAL)
 
+    async def put_global_many(self, held: Iterable[HeldRecord], *, now: float) -> int:
+        """`put_global` for many records: BULK_BATCH per transaction; the number written.
+
+        Every record is checked before anything is written; each batch is atomic, and a
+        record given twice is written as its last version.
+        """
+        items = list(held)
+        for keyword, _shadow, record, _origin in items:
+            if keyword not in record.keywords:
+                raise StoreError(f"record {record.uri} does not carry keyword {keyword!r}")
+        for i in range(0, len(items), BULK_BATCH):
+            rows: dict[tuple[str, str, bool], dict[str, Any]] = {}
+            placed: dict[tuple[str, GeoKind], SessionRecord] = {}
+            for keyword, shadow, record, origin in items[i:i + BULK_BATCH]:
+                key = key_of(keyword)
+                rows[(keyword, record.uri, shadow)] = {
+                    "keyword": keyword, "uri": record.uri, "shadow": shadow,
+                    "key": key_hex(shadow_of(key) if shadow else key),
+                    "body": record.model_dump_json(), "origin": origin,
+                    "expires_at": record.expires_at, "updated_at": now}
+                placed[(record.uri, GeoKind.SHADOW if shadow else GeoKind.GLOBAL)] = record
+            async with self._translate("put global many"), self._engine.begin() as conn:
+                await _upsert_many(conn, global_records, list(rows.values()),
+                                   keys=("keyword", "uri", "shadow"))
+                await _place_many(conn, placed)
+        return len(items)
+
     async def search_global(
         self, keyword: str, *, shadow: bool, now: float, limit: int = SEARCH_MAX
     ) -> list[SessionRecord]:
@@ -203,6 +262,23 @@ class MsdStore:
                  .where(GR.keyword == keyword, GR.shadow == shadow, GR.expires_at > now)
                  .order_by(GR.uri).limit(_check_limit(limit)))
         return await self._bodies("search global", query)
+
+    async def search_global_near(
+        self, keyword: str, *, shadow: bool, near: tuple[float, float], within_km: float,
+        now: float, limit: int = SEARCH_MAX,
+    ) -> list[NearRecord]:
+        """`search_global` within `within_km` (inclusive, geodesic) of `near`, nearest first.
+
+        Candidates come from the geo rows (kind global or shadow) in the circle's sub-cell
+        cover, then each is kept only if its exact distance is within; records without
+        coordinates are left out. At most `limit`: the nearest, ties by URI.
+        """
+        circle = _circle(near, within_km)
+        kind = GeoKind.SHADOW if shadow else GeoKind.GLOBAL
+        query = (sa.select(GR.body)
+                 .join(geo_cells, sa.and_(GC.uri == GR.uri, GC.kind == kind))
+                 .where(GR.keyword == keyword, GR.shadow == shadow, GR.expires_at > now))
+        return await self._nearest("search global near", query, circle, limit=limit)
 
     async def global_outside(
         self, start: int, end: int, *, now: float, limit: int
@@ -232,18 +308,24 @@ class MsdStore:
         self, cell_keys: Iterable[str], *, kinds: Iterable[GeoKind | str], now: float,
         limit: int = NEAR_MAX,
     ) -> list[SessionRecord]:
-        """Unexpired sessions with a geo row of one of `kinds` in one of the cells, each once."""
-        cells = sorted(set(cell_keys))
+        """Unexpired sessions with a geo row of one of `kinds` in one of the 1° cells
+        ('row,col'), each once."""
+        try:
+            cells = sorted({parse_cell_key(key).key for key in cell_keys})
+        except GeoError as exc:
+            raise StoreError(f"near: {exc}") from None
         try:
             wanted = [GeoKind(kind) for kind in dict.fromkeys(kinds)]
         except ValueError as exc:
             raise StoreError(f"geo kinds are {[k.value for k in GeoKind]}: {exc}") from None
         _check_limit(limit)
+        ranges = _key_ranges(f"{cell}/" for cell in cells)
         found: dict[str, SessionRecord] = {}  # by URI: a session may be both local and held
         async with self._translate("near"), self._engine.connect() as conn:
             for kind in wanted:
-                for i in range(0, len(cells), CELLS_PER_QUERY):
-                    query = _near_query(cells[i:i + CELLS_PER_QUERY], kind, now=now, limit=limit)
+                for i in range(0, len(ranges), RANGES_PER_QUERY):
+                    chunk = ranges[i:i + RANGES_PER_QUERY]
+                    query = _near_query(_in_ranges(chunk), kind, now=now, limit=limit)
                     for uri, body in (await conn.execute(query)).all():
                         if uri not in found and len(found) < limit:
                             found[uri] = _parse(body)
@@ -270,6 +352,33 @@ class MsdStore:
             by_kind = {bool(shadow): int(n) for shadow, n in (await conn.execute(held)).all()}
         return {"local_sessions": sessions, "global_records": by_kind.get(False, 0),
                 "shadow_records": by_kind.get(True, 0)}
+
+    async def _nearest(
+        self, operation: str, query: sa.Select[Any], circle: Circle, *, limit: int
+    ) -> list[NearRecord]:
+        # The body is the truth: its own lat/lon decide, the geo rows only choose candidates.
+        _check_limit(limit)
+        prefixes = circle.prefixes(k=GEO_K, depth=GEO_DEPTH)
+        if prefixes is None:
+            statements = [query]  # the circle reaches everywhere: every row with a geo row
+        else:
+            ranges = _key_ranges(prefixes)
+            statements = [query.where(_in_ranges(ranges[i:i + RANGES_PER_QUERY]))
+                          for i in range(0, len(ranges), RANGES_PER_QUERY)]
+        kept: list[tuple[float, str, str]] = []  # (km, uri, body), at most 2 × limit
+        async with self._translate(operation), self._engine.connect() as conn:
+            for statement in statements:
+                async with conn.stream(statement) as rows:
+                    async for (body,) in rows:
+                        uri, lat, lon = _where(body)
+                        if lat is None or lon is None:
+                            continue
+                        km = circle.distance(lat, lon)
+                        if km is not None:
+                            kept.append((km, uri, body))
+                            if len(kept) >= 2 * limit:
+                                kept = sorted(kept)[:limit]
+        return [NearRecord(_parse(body), km) for km, _uri, body in sorted(kept)[:limit]]
 
     async def _bodies(self, operation: str, query: sa.Select[Any]) -> list[SessionRecord]:
         async with self._translate(operation), self._engine.connect() as conn:
@@ -300,6 +409,24 @@ async def _upsert(
     match = [table.c[key] == values[key] for key in keys]
     if (await conn.execute(sa.update(table).where(*match).values(**changes))).rowcount == 0:
         await conn.execute(sa.insert(table).values(**values))
+
+
+async def _upsert_many(
+    conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]], *, keys: Sequence[str]
+) -> None:
+    # Rows must be distinct by key: PostgreSQL refuses to update one row twice in a statement.
+    if not rows:
+        return
+    if conn.dialect.name not in ("sqlite", "postgresql"):
+        for values in rows:
+            await _upsert(conn, table, values, keys=keys)
+        return
+    dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+    statement = dialect_insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c[key] for key in keys],
+        set_={column: statement.excluded[column] for column in rows[0] if column not in keys})
+    await conn.execute(statement, rows)
 
 
 async def _collect_local(conn: AsyncConnection, *, now: float) -> tuple[int, int]:
@@ -333,8 +460,73 @@ async def _place(conn: AsyncConnection, record: SessionRecord, *, kind: GeoKind)
     # A session has at most one cell per kind: moving it replaces the row.
     await conn.execute(sa.delete(geo_cells).where(GC.uri == record.uri, GC.kind == kind))
     if record.lat is not None and record.lon is not None:
-        cell = geo_cell(record.lat, record.lon)
+        cell = geo_key(record.lat, record.lon)
         await conn.execute(sa.insert(geo_cells).values(cell=cell, uri=record.uri, kind=kind))
+
+
+async def _place_many(
+    conn: AsyncConnection, placed: dict[tuple[str, GeoKind], SessionRecord]
+) -> None:
+    by_kind: dict[GeoKind, list[str]] = {}
+    for uri, kind in placed:
+        by_kind.setdefault(kind, []).append(uri)
+    for kind, uris in by_kind.items():
+        for i in range(0, len(uris), CELLS_PER_QUERY):
+            chunk = uris[i:i + CELLS_PER_QUERY]
+            await conn.execute(sa.delete(geo_cells).where(GC.uri.in_(chunk), GC.kind == kind))
+    rows = [{"cell": geo_key(r.lat, r.lon), "uri": uri, "kind": kind}
+            for (uri, kind), r in placed.items() if r.lat is not None and r.lon is not None]
+    if rows:
+        await conn.execute(sa.insert(geo_cells), rows)
+
+
+def _key_ranges(prefixes: Iterable[str]) -> list[tuple[str, str]]:
+    """Disjoint [low, high) key ranges for msd.geo prefixes ('row,', 'row,col/', sub-cell).
+
+    Keys use only 0-9, a-z, ',' and '/', all below '~', so prefix p spans [p, p + '~'). A row
+    or a whole 1° cell starts at its bare 'row,col' as well, and a split cell gets that one
+    key as its own range: rows written before sub-cells keep being found.
+    """
+    ranges: list[tuple[str, str]] = []
+    split: dict[str, None] = {}
+    for prefix in prefixes:
+        cell, slash, path = prefix.partition("/")
+        if slash and not path:
+            ranges.append((cell, prefix + "~"))
+        else:
+            ranges.append((prefix, prefix + "~"))
+            if slash:
+                split[cell] = None
+    ranges += [(cell, cell + "/") for cell in split]
+    return ranges
+
+
+def _in_ranges(ranges: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    # Up to RANGES_PER_QUERY ranges, padded with repeats of the last to exactly that many: one
+    # statement shape, which SQLAlchemy compiles once and caches (a fresh 200-term OR costs
+    # ~50 ms to compile). The overall bounds come first, a cheap test that most rows fail.
+    padded = [*ranges, *[ranges[-1]] * (RANGES_PER_QUERY - len(ranges))]
+    low, high = min(low for low, _ in ranges), max(high for _, high in ranges)
+    return sa.and_(GC.cell >= low, GC.cell < high,
+                   sa.or_(*(sa.and_(GC.cell >= lo, GC.cell < hi) for lo, hi in padded)))
+
+
+def _circle(near: tuple[float, float], within_km: float) -> Circle:
+    try:
+        lat, lon = near
+    except (TypeError, ValueError):
+        raise StoreError(f"near must be (lat, lon), got {near!r}") from None
+    return Circle(lat, lon, within_km)
+
+
+def _where(body: str) -> tuple[str, float | None, float | None]:
+    # json, not the model: most candidates are out of the circle, and need only three fields.
+    try:
+        data = json.loads(body)
+        return str(data["uri"]), data.get("lat"), data.get("lon")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise StoreError("a stored record is not a valid session: unreadable JSON body") \
+            from None
 
 
 async def _drop_orphan_cells(conn: AsyncConnection, uris: list[str], *, shadow: bool) -> int:
@@ -345,16 +537,18 @@ async def _drop_orphan_cells(conn: AsyncConnection, uris: list[str], *, shadow: 
     return int((await conn.execute(statement)).rowcount)
 
 
-def _near_query(cells: list[str], kind: GeoKind, *, now: float, limit: int) -> sa.Select[Any]:
+def _near_query(
+    cells: sa.ColumnElement[bool], kind: GeoKind, *, now: float, limit: int
+) -> sa.Select[Any]:
     if kind is GeoKind.LOCAL:
         return (sa.select(LS.uri, LS.body)
                 .join(geo_cells, sa.and_(GC.uri == LS.uri, GC.kind == kind))
-                .where(GC.cell.in_(cells), LS.expires_at > now).order_by(LS.uri).limit(limit))
+                .where(cells, LS.expires_at > now).order_by(LS.uri).limit(limit))
     # A held session has a record per keyword; the latest unexpired one gives its body.
     live = (GR.uri == GC.uri, GR.shadow == (kind is GeoKind.SHADOW), GR.expires_at > now)
     body = sa.select(GR.body).where(*live).order_by(GR.updated_at.desc()).limit(1)
     return (sa.select(GC.uri, body.scalar_subquery())
-            .where(GC.kind == kind, GC.cell.in_(cells), sa.exists().where(*live))
+            .where(GC.kind == kind, cells, sa.exists().where(*live))
             .order_by(GC.uri).limit(limit))
 
 

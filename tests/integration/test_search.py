@@ -33,6 +33,7 @@ def _session(number: int, keyword: str, *, scope: str = "global") -> dict[str, A
             "scope": scope, "lat": 29.6 + number / 1000, "lon": -82.3}
 
 
+@pytest.mark.timeout(300)  # 305 registrations and 3,050 searches on real daemons
 async def test_sessions_registered_anywhere_are_found_from_every_domain(
     scenario3: Hierarchy,
 ) -> None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
 from geopy.distance import geodesic
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from msd.errors import MsdError
 from msd.geo import (
     COLS,
+    PREFIX_BUDGET,
     ROWS,
     Cell,
+    Circle,
+    GeoError,
     GeoIndex,
     InvalidCellKeyError,
     InvalidCoordinateError,
@@ -26,6 +32,7 @@ from msd.geo import (
     distance_km,
     parse_cell_key,
     parse_subcell_key,
+    prefixes_within,
     subcell_key,
     subcell_of,
 )
@@ -269,3 +276,81 @@ def test_distance_is_geopys_geodesic() -> None:
         assert distance_km(*a, *b) == geodesic(a, b, ellipsoid="WGS-84").km
     with pytest.raises(InvalidCoordinateError):
         distance_km(91, 0, 0, 0)
+
+
+# --- the circle's sub-cell prefixes ------------------------------------------------------------
+
+# Database off: property tests must leave no .hypothesis directory behind.
+PROPERTY = settings(max_examples=400, database=None, deadline=None)
+# Centres anywhere, and many where the grid is awkward: poles, the antimeridian, cell edges.
+LATITUDES = st.one_of(st.floats(-90, 90), st.floats(85, 90), st.floats(-90, -85),
+                      st.sampled_from([90.0, -90.0, 0.0, 29.6]), st.integers(-90, 90))
+LONGITUDES = st.one_of(st.floats(-180, 180), st.floats(179, 180), st.floats(-180, -179),
+                       st.sampled_from([180.0, -180.0, 0.0, -82.3]), st.integers(-180, 180))
+RADII = st.one_of(st.floats(0, 5), st.floats(0, 300), st.floats(0, 5_000),
+                  st.sampled_from([0.0, 1.0, 50.0, 111.0, 20_003.0]))
+
+
+def _disjoint(prefixes: tuple[str, ...]) -> bool:
+    # Sorted: anything between a prefix and a key it starts shares that prefix too.
+    return all(not b.startswith(a) for a, b in itertools.pairwise(prefixes))
+
+
+@PROPERTY
+@given(lat=LATITUDES, lon=LONGITUDES, km=RADII, bearing=st.floats(0, 360),
+       fraction=st.one_of(st.floats(0, 1), st.just(1.0)), tree=st.sampled_from([(2, 5), (3, 3)]))
+def test_the_prefixes_never_miss_a_point_of_the_circle(
+    lat: float, lon: float, km: float, bearing: float, fraction: float, tree: tuple[int, int]
+) -> None:
+    k, depth = tree
+    prefixes = prefixes_within(lat, lon, km, k=k, depth=depth)
+    point = _destination(lat, lon, bearing, km * fraction)
+    if prefixes is None:
+        assert km >= 20_003.0
+        return
+    key = subcell_key(*point, k=k, depth=depth)
+    assert any(key.startswith(prefix) for prefix in prefixes), (key, prefixes)
+    assert 1 <= len(prefixes) <= PREFIX_BUDGET
+    assert list(prefixes) == sorted(set(prefixes)) and _disjoint(prefixes)
+
+
+def test_the_prefixes_narrow_the_cells_to_the_circle() -> None:
+    gnv = prefixes_within(*GAINESVILLE, 50)
+    assert gnv is not None and 100 < len(gnv) <= PREFIX_BUDGET
+    assert {p.split("/")[0] for p in gnv} <= set(cells_within(*GAINESVILLE, 50).keys())
+    # Sub-cells cover about the circle: π·50² ≈ 7 850 km² against 4 cells of ≈ 10 700 km².
+    area = sum(distance_km(s, w, n, w) * distance_km(s, w, s, e)
+               for s, w, n, e in (parse_subcell_key(p).bounds() for p in gnv))
+    assert 7_850 < area < 9_000
+    assert prefixes_within(*GAINESVILLE, 0) == (subcell_key(*GAINESVILLE),)
+    # A pole in reach: every longitude is, so whole rows, one range each.
+    assert prefixes_within(89.9, 10, 50) == ("179,",)
+    assert prefixes_within(-90, 0, 200) == ("0,", "1,")
+    # Across ±180°, both sides; a cover too large for the budget falls back to its rows.
+    wrap = prefixes_within(0.5, 179.95, 50)
+    assert wrap is not None and {p.split("/")[0] for p in wrap} == {"90,0", "90,359"}
+    wide = prefixes_within(*GAINESVILLE, 5_000)
+    assert wide is not None and all(p.endswith(",") for p in wide) and len(wide) == 91
+    assert prefixes_within(0, 0, 20_004) is None
+    # The cover's corner cell (30..31°N, 82..81°W) is 52.8 km away at least: left out.
+    assert prefixes_within(*GAINESVILLE, 50, budget=4) == ("119,97/", "119,98/", "120,97/")
+    assert prefixes_within(*GAINESVILLE, 50, budget=2) == ("119,", "120,")
+    with pytest.raises(GeoError, match="budget"):
+        prefixes_within(0, 0, 1, budget=0)
+
+
+def test_the_circle_keeps_exactly_the_geodesic_distance_within() -> None:
+    circle = Circle(*GAINESVILLE, 50)
+    assert repr(circle) == "Circle(lat=29.6, lon=-82.3, km=50.0)"
+    rnd = random.Random(11)
+    for _ in range(300):
+        point = _destination(*GAINESVILLE, rnd.uniform(0, 360), rnd.uniform(45, 55))
+        exact = distance_km(*GAINESVILLE, *point)
+        assert circle.distance(*point) == (exact if exact <= 50 else None)
+    assert circle.distance(*GAINESVILLE) == 0.0
+    assert Circle(0, 0, 0).distance(0, 0) == 0.0
+    assert Circle(0, 0, 20_004).distance(0, 180) is not None  # the antipode
+    with pytest.raises(InvalidRadiusError):
+        Circle(0, 0, -1)
+    with pytest.raises(InvalidCoordinateError):
+        circle.distance(91, 0)

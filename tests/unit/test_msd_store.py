@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from msd.errors import MsdError
+from msd.geo import cell_key
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.schema import SessionRecord
 from msd.store import (
@@ -19,7 +20,7 @@ from msd.store import (
     HeldRecord,
     MsdStore,
     StoreError,
-    geo_cell,
+    geo_key,
     key_hex,
     sqlite_url,
 )
@@ -101,11 +102,11 @@ def test_sqlite_url_refuses_a_domain_that_is_not_a_directory_name(tmp_path: Path
             sqlite_url(tmp_path, bad)
 
 
-def test_geo_cell_is_the_one_degree_row_and_column() -> None:
-    assert geo_cell(*GAINESVILLE) == "119,97"
-    assert geo_cell(-90, -180) == "0,0"
-    assert geo_cell(90, 180) == "179,0"  # the pole joins the top row; 180° is −180°
-    assert geo_cell(-0.5, 179.5) == "89,359"
+def test_geo_key_is_the_depth_5_subcell_of_the_one_degree_cell() -> None:
+    assert geo_key(*GAINESVILLE) == "119,97/30301"
+    assert geo_key(-90, -180) == "0,0/00000"
+    assert geo_key(90, 180) == "179,0/22222"  # the pole joins the top row; 180° is −180°
+    assert geo_key(-0.5, 179.5) == "89,359/30000"  # the NE quarter, then its SW corner
 
 
 async def test_put_local_twice_is_one_row(store: MsdStore, clock: Clock, tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ async def test_put_local_twice_is_one_row(store: MsdStore, clock: Clock, tmp_pat
     assert await store.get_local(session.uri, now=clock.now) == session
     assert len(rows(tmp_path, "local_sessions")) == 1
     assert rows(tmp_path, "local_keywords") == [(session.uri, "jazz"), (session.uri, "live")]
-    assert rows(tmp_path, "geo_cells") == [("119,97", session.uri, "local")]
+    assert rows(tmp_path, "geo_cells") == [(geo_key(*GAINESVILLE), session.uri, "local")]
     assert await store.counts(now=clock.now) == {
         "local_sessions": 1, "global_records": 0, "shadow_records": 0}
 
@@ -131,7 +132,7 @@ async def test_update_replaces_the_keyword_set_and_moves_the_cell(
     assert await store.search_local("live", now=clock.now) == [newer]
     assert await store.search_local("blues", now=clock.now) == [newer]
     assert [kw for _, kw in rows(tmp_path, "local_keywords")] == ["blues", "live"]
-    assert rows(tmp_path, "geo_cells") == [(geo_cell(*LONDON), newer.uri, "local")]
+    assert rows(tmp_path, "geo_cells") == [(geo_key(*LONDON), newer.uri, "local")]
 
 
 async def test_search_local_filters_by_scope(store: MsdStore, clock: Clock) -> None:
@@ -170,7 +171,7 @@ async def test_expiry_hides_and_the_collector_deletes_every_row(
     assert await store.get_local(short.uri, now=clock.now) is None
     assert await store.search_local("jazz", now=clock.now) == [long]
     assert await store.search_global("jazz", shadow=True, now=clock.now) == [long]
-    every_cell = [geo_cell(*GAINESVILLE), geo_cell(*LONDON)]
+    every_cell = [cell_key(*GAINESVILLE), cell_key(*LONDON)]
     assert await store.near(every_cell, kinds=list(GeoKind), now=clock.now) == [long]
     assert await store.counts(now=clock.now) == {
         "local_sessions": 1, "global_records": 2, "shadow_records": 2}
@@ -206,7 +207,7 @@ async def test_delete_local_takes_its_keyword_and_geo_rows(
     assert await store.delete_local(session.uri)
     assert not await store.delete_local(session.uri)
     assert rows(tmp_path, "local_keywords") == []
-    assert rows(tmp_path, "geo_cells") == [("119,97", session.uri, "global")]  # held: stays
+    assert rows(tmp_path, "geo_cells") == [(geo_key(*GAINESVILLE), session.uri, "global")]
 
 
 async def test_global_and_shadow_records_are_kept_apart(
@@ -271,7 +272,7 @@ async def test_migration_deletes_records_and_their_last_geo_row(
     session = record(at=LONDON)
     for keyword in session.keywords:
         await store.put_global(keyword, session, shadow=False, origin=DOMAIN, now=clock.now)
-    cell = geo_cell(*LONDON)
+    cell = geo_key(*LONDON)
     moving = await store.global_outside(0, 1, now=clock.now, limit=100)
     assert sorted(h.keyword for h in moving) == ["jazz", "live"]
     assert await store.delete_global("jazz", session.uri, shadow=False)
@@ -280,7 +281,7 @@ async def test_migration_deletes_records_and_their_last_geo_row(
     assert not await store.delete_global("live", session.uri, shadow=True)
     assert await store.delete_global("live", session.uri, shadow=False)
     assert rows(tmp_path, "geo_cells") == []
-    assert await store.near([cell], kinds=[GeoKind.GLOBAL], now=clock.now) == []
+    assert await store.near([cell_key(*LONDON)], kinds=[GeoKind.GLOBAL], now=clock.now) == []
 
 
 async def test_near_finds_sessions_by_cell_and_kind(store: MsdStore, clock: Clock) -> None:
@@ -290,7 +291,7 @@ async def test_near_finds_sessions_by_cell_and_kind(store: MsdStore, clock: Cloc
     for session in (here, there, nowhere):
         await store.put_local(session, now=clock.now)
     await store.put_global("jazz", there, shadow=True, origin=DOMAIN, now=clock.now)
-    gnv, lon = geo_cell(*GAINESVILLE), geo_cell(*LONDON)
+    gnv, lon = cell_key(*GAINESVILLE), cell_key(*LONDON)
     assert await store.near([gnv], kinds=["local"], now=clock.now) == [here]
     both = await store.near([gnv, lon, gnv], kinds=["local"], now=clock.now)
     assert uris(both) == [here.uri, there.uri]
@@ -301,12 +302,15 @@ async def test_near_finds_sessions_by_cell_and_kind(store: MsdStore, clock: Cloc
     assert len(await store.near([gnv, lon], kinds=["local"], now=clock.now, limit=1)) == 1
     with pytest.raises(StoreError, match="geo kinds"):
         await store.near([gnv], kinds=["elsewhere"], now=clock.now)
+    for bad in ("119", "119,97/3", "180,0"):  # 1° keys only: a prefix like '119' spans rows
+        with pytest.raises(StoreError, match="cell key"):
+            await store.near([bad], kinds=["local"], now=clock.now)
 
 
 async def test_near_with_more_cells_than_one_query_takes(store: MsdStore, clock: Clock) -> None:
     await store.put_local(record(at=(89.5, 179.5)), now=clock.now)
     every_cell = [f"{row},{col}" for row in range(180) for col in range(0, 360, 4)]
-    every_cell.append(geo_cell(89.5, 179.5))
+    every_cell.append(cell_key(89.5, 179.5))
     assert len(await store.near(every_cell, kinds=["local"], now=clock.now)) == 1
 
 
