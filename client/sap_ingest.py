@@ -223,7 +223,7 @@ class _Entry:
     last_heard: float
     interval: float = INTERVAL_GUESS_S
     measured: bool = False
-    registered_at: float | None = None
+    expires_at: float | None = None  # of the record as last registered (monotonic clock)
     failed_at: float | None = None
     pending: bool = False
 
@@ -261,7 +261,8 @@ class SapTable:
         """The shell registered (or refreshed) the session."""
         entry = self._entries.get(key)
         if entry is not None:
-            entry.pending, entry.registered_at, entry.failed_at = False, now, None
+            entry.pending, entry.failed_at = False, None
+            entry.expires_at = now + float(entry.session["ttl"])
 
     def failed(self, key: tuple[str, ...], *, now: float) -> None:
         """The shell could not register it: a later announcement tries again."""
@@ -329,11 +330,11 @@ class SapTable:
     def _maybe_refresh(self, key: tuple[str, ...], entry: _Entry, *, now: float) -> Action:
         if entry.pending:
             return Ignore("repeat")
-        if entry.registered_at is None:
+        if entry.expires_at is None:
             if entry.failed_at is not None and now - entry.failed_at < RETRY_AFTER_S:
                 return Ignore("repeat")
-        elif now - entry.registered_at < entry.timeout / 4:
-            return Ignore("repeat")
+        elif entry.expires_at >= now + entry.timeout:
+            return Ignore("repeat")  # the record outlives the RFC 2974 timeout from now
         # The ttl follows the interval seen so far: a slow announcer's sessions live longer.
         entry.session = entry.session | {"ttl": self._ttl(entry)}
         entry.pending = True
