@@ -31,7 +31,8 @@ from urs.errors import (
 )
 from urs.metrics import UrsMetrics
 from urs.negotiate import negotiate
-from urs.pages import CONTENT_SECURITY_POLICY, m3u_playlist, render_landing, render_not_found
+from urs.pages import CONTENT_SECURITY_POLICY, render_landing, render_not_found
+from urs.playlist import m3u_playlist
 from urs.sdp import session_sdp
 from urs.settings import UrsSettings
 from urs.store import SessionStore, session_uri
@@ -210,7 +211,7 @@ async def resolve(request: web.Request) -> web.Response:
         )
     if wanted == M3U:
         headers["Content-Disposition"] = f'attachment; filename="{record.id}.m3u"'
-        return web.Response(text=m3u_playlist(record), content_type=M3U, headers=headers)
+        return web.Response(text=m3u_playlist([record]), content_type=M3U, headers=headers)
     if wanted == HTML:
         # Relative links: they resolve against this very URL, whatever host served it.
         page = render_landing(
