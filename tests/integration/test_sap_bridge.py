@@ -259,3 +259,18 @@ async def _collect(sock: socket.socket, *, count: int, timeout: float) -> list[b
     assert len(packets) >= count, packets
     return packets
 
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["listen", "--groups", "10.0.0.1"], "--groups: 10.0.0.1 is not a multicast group"),
+    (["listen", "--groups", "nonsense"], "--groups: 'nonsense' is not an IP address"),
+    (["listen", "--interface", "eth0"], "--interface 'eth0' is not an IPv4 address"),
+    (["announce", "--interval", "0"], "--interval must be at least 0.1 s"),
+    (["announce", "--ttl", "300"], "--ttl must be 1-255"),
+])
+def test_bad_options_are_one_clear_line(args: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from client.cli import main
+
+    assert main(["sap", *args, "--home", HOME]) == 1
+    assert capsys.readouterr().err == f"mdns: {message}\n"
