@@ -13,6 +13,8 @@ from typing import TextIO
 
 from client.errors import ClientError
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
+from client.sap_commands import add_parsers as add_sap_parsers
+from client.sap_commands import run as run_sap_command
 from client.session_commands import add_parsers as add_session_parsers
 from client.session_commands import run as run_session_command
 from client.uri import parse_uri
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "ask the parent for unicast heartbeats")
     _tree_options(msd_cmd)
     add_session_parsers(commands)
+    add_sap_parsers(commands)
 
     experiment = commands.add_parser("experiment", help="the dissertation's experiments")
     experiments = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT",
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return _msd(args)
         if args.command in ("register", "search", "open"):
             return run_session_command(args, out=sys.stdout)
+        if args.command == "sap":
+            return run_sap_command(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:

@@ -25,6 +25,7 @@ from msd.matching import Hit
 from msd.query import GRAMMAR
 from msd.schema import Session, SessionRecord, field_errors
 from urs.locate import parse_dns_server
+from urs.playlist import m3u_playlist, stream_url
 
 LIST_FIELDS = {"keywords"}
 NUMBER_FIELDS = {"port": int, "fallback_port": int, "ttl": int, "lat": float, "lon": float}
@@ -67,7 +68,9 @@ def add_parsers(commands: Any) -> None:
     search.add_argument("--dns", metavar="HOST:PORT", help="DNS server to find the domains")
     output = search.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the sessions as JSON")
-    output.add_argument("--m3u", action="store_true", help="print an M3U playlist")
+    output.add_argument("--m3u", "--m3u8", action="store_true", dest="m3u",
+                        help="print an extended M3U playlist (UTF-8, i.e. M3U8): #EXTINF "
+                             "with the title, rtp:// or udp:// URLs, source@ for SSM")
 
     open_cmd = commands.add_parser(
         "open", help="open a session's stream in its preferred player (or print the command)")
@@ -185,19 +188,9 @@ def _hit_json(hit: Hit[SessionRecord]) -> dict[str, Any]:
     return data
 
 
-def stream_url(record: SessionRecord) -> str:
-    scheme = "rtp" if record.stream_type == "rtp" else "udp"
-    group = f"[{record.group}]" if ":" in record.group else record.group
-    source = record.source or ""
-    return f"{scheme}://{source}@{group}:{record.port}"
-
-
 def m3u(hits: list[Hit[SessionRecord]]) -> str:
-    lines = ["#EXTM3U"]
-    for hit in hits:
-        lines += [f"#EXTINF:-1,{hit.session.title} ({hit.session.uri})",
-                  stream_url(hit.session)]
-    return "\n".join(lines) + "\n"
+    """The hits as an M3U playlist (UTF-8, so also M3U8), each titled with its mDNS URI."""
+    return m3u_playlist((hit.session for hit in hits), with_uri=True)
 
 
 def format_hits(hits: list[Hit[SessionRecord]]) -> str:

@@ -32,7 +32,8 @@ from urs.errors import (
 from urs.indexing import INDEXED_HEADER, MsdIndexer
 from urs.metrics import UrsMetrics
 from urs.negotiate import negotiate
-from urs.pages import CONTENT_SECURITY_POLICY, m3u_playlist, render_landing, render_not_found
+from urs.pages import CONTENT_SECURITY_POLICY, render_landing, render_not_found
+from urs.playlist import m3u_playlist
 from urs.sdp import session_sdp
 from urs.settings import UrsSettings
 from urs.store import SessionStore, session_uri
@@ -48,6 +49,8 @@ RECORD_OFFERS = (JSON, SDP, HTML)
 FORMATS = {"json": JSON, "sdp": SDP, "html": HTML, "m3u": M3U}
 TOKEN_MAX_CHARS = 256
 MSD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 500
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,6 +112,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/sessions", register)
+    app.router.add_get("/sessions", list_sessions)  # beside the POST: one resource, two methods
     app.router.add_get("/bootstrap", bootstrap_document)
     app.router.add_get("/bootstrap/designated", designated_get)
     app.router.add_put("/bootstrap/designated", designated_put)
@@ -178,6 +182,29 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
+async def list_sessions(request: web.Request) -> web.Response:
+    """GET /sessions?after=<id>&limit=<n>: the domain's unexpired sessions, a page at a time.
+
+    Pages follow id order; `next` is the `after` of the next page (null on the last)."""
+    context = request.app[CONTEXT]
+    after = request.query.get("after", "")
+    limit_text = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
+    if len(after) > 63:
+        raise RequestRejected(400, [FieldError(field="after", message=(
+            "after must be a session id (at most 63 characters)"))], reason="invalid")
+    if not re.fullmatch(r"[0-9]{1,4}", limit_text) or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
+        raise RequestRejected(400, [FieldError(field="limit", message=(
+            f"limit must be a whole number 1-{LIST_LIMIT_MAX}"))], reason="invalid")
+    limit = int(limit_text)
+    records = await context.store.list_active(
+        context.settings.domain, now=context.clock(), after=after, limit=limit)
+    following = records[-1].id if len(records) == limit else None
+    return web.json_response(
+        {"domain": context.settings.domain, "sessions": [_record_json(r) for r in records],
+         "next": following},
+        headers={"Cache-Control": "no-cache"})
+
+
 async def resolve(request: web.Request) -> web.Response:
     """GET /<id>: the record as JSON, SDP, an HTML page or an M3U playlist."""
     context = request.app[CONTEXT]
@@ -196,7 +223,7 @@ async def resolve(request: web.Request) -> web.Response:
         )
     if wanted == M3U:
         headers["Content-Disposition"] = f'attachment; filename="{record.id}.m3u"'
-        return web.Response(text=m3u_playlist(record), content_type=M3U, headers=headers)
+        return web.Response(text=m3u_playlist([record]), content_type=M3U, headers=headers)
     if wanted == HTML:
         # Relative links: they resolve against this very URL, whatever host served it.
         page = render_landing(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from typing import Any
 
 import jinja2
 
-from msd.schema import Network, SessionRecord, StreamType, session_fields
+from msd.schema import SessionRecord, session_fields
+from urs.playlist import stream_url
 
 # Pages carry inline CSS only; nothing else may load or run.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'"
@@ -22,29 +22,12 @@ _env = jinja2.Environment(
 )
 
 
-def stream_url(record: SessionRecord) -> str:
-    """The URL players (VLC, ffplay, mpv) open: `rtp://@group:port`, `rtp://source@group:port`."""
-    group = ipaddress.ip_address(record.group)
-    host = f"[{group}]" if group.version == 6 else str(group)
-    scheme = "rtp" if record.stream_type is StreamType.RTP else "udp"
-    source = record.source if record.network is Network.SSM and record.source else ""
-    if source and ":" in source:
-        source = f"[{source}]"
-    return f"{scheme}://{source}@{host}:{record.port}"
-
-
 def player_command(record: SessionRecord) -> str | None:
     """The command line the host suggests, or None if it names no application."""
     if not record.application:
         return None
     parts = [record.application, record.cli_args or "", stream_url(record)]
     return " ".join(part for part in parts if part)
-
-
-def m3u_playlist(record: SessionRecord) -> str:
-    """A one-entry extended M3U playlist for players that take playlists, not SDP."""
-    title = record.title.replace("\n", " ")
-    return f"#EXTM3U\n#EXTINF:-1,{title}\n{stream_url(record)}\n"
 
 
 def render_landing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Sequence
 
 from msd.schema import Network, Scope, SessionRecord, StreamType
 
@@ -25,8 +26,12 @@ _STATIC_PAYLOADS: dict[str, tuple[int, str]] = {
 _LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-def session_sdp(record: SessionRecord, *, page_url: str | None = None) -> str:
-    """The SDP description of a session; `page_url` becomes the u= line if given."""
+def session_sdp(
+    record: SessionRecord, *, page_url: str | None = None,
+    extra_attributes: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The SDP description of a session; `page_url` becomes the u= line if given, and
+    `extra_attributes` (name, value) are added as session-level a= lines."""
     group = ipaddress.ip_address(record.group)
     origin = ipaddress.ip_address(record.source) if record.source else None
     origin_text = (
@@ -52,6 +57,7 @@ def session_sdp(record: SessionRecord, *, page_url: str | None = None) -> str:
         lines.append(f"a=keywds:{' '.join(record.keywords)}")
     if record.network is Network.SSM and record.source is not None:
         lines.append(f"a=source-filter: incl IN IP{group.version} {group} {record.source}")
+    lines += [f"a={name}:{_text(value)}" for name, value in extra_attributes]
     lines += _media(record)
     return "".join(line + "\r\n" for line in lines)
 
@@ -74,6 +80,8 @@ def _media(record: SessionRecord) -> list[str]:
     payload, rtpmap = _STATIC_PAYLOADS.get(mime, (DYNAMIC_PAYLOAD, ""))
     if not rtpmap:
         rtpmap = f"{subtype}/{48000 if kind == 'audio' else 90000}"
+        if mime == "audio/opus":
+            rtpmap += "/2"  # RFC 7587: opus is always announced as two channels
     return [f"m={kind} {record.port} RTP/AVP {payload}", f"a=rtpmap:{payload} {rtpmap}"]
 
 

@@ -197,6 +197,22 @@ class SessionStore:
             return None
         return _record(domain, row.body, updated_at=row.updated_at, expires_at=row.expires_at)
 
+    async def list_active(
+        self, domain: str, *, now: float, after: str = "", limit: int = 100
+    ) -> list[SessionRecord]:
+        """Unexpired sessions in id order, those with ids after `after`, at most `limit`."""
+        query = (
+            select(sessions.c.body, sessions.c.updated_at, sessions.c.expires_at)
+            .where(sessions.c.domain == domain, sessions.c.id > after,
+                   sessions.c.expires_at > now)
+            .order_by(sessions.c.id)
+            .limit(limit)
+        )
+        async with self._translate("list"), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(domain, r.body, updated_at=r.updated_at, expires_at=r.expires_at)
+                for r in rows]
+
     async def check_owner(
         self, domain: str, session_id: str, *, token: str | None, now: float
     ) -> None:

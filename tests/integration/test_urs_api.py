@@ -256,6 +256,38 @@ async def test_get_unknown_is_404_json_and_html(client: Client) -> None:
     assert f"No session at mcast.{ROOT_DOMAIN}/nobody" in await page.text()
 
 
+# --- GET /sessions --------------------------------------------------------------------
+
+
+async def test_list_pages_through_the_unexpired_sessions(
+    client: Client, clock: FakeClock
+) -> None:
+    for number in range(5):
+        await register(client, id=f"s{number}", ttl=100 if number == 2 else 3600)
+    clock.advance(200)  # s2 has expired
+    first = await client.get("/sessions", params={"limit": "2"})
+    assert first.status == 200
+    page = await first.json()
+    assert [s["id"] for s in page["sessions"]] == ["s0", "s1"] and page["next"] == "s1"
+    assert page["sessions"][0]["uri"] == f"mcast.{ROOT_DOMAIN}/s0"
+    second = await (await client.get("/sessions", params={"after": "s1", "limit": "2"})).json()
+    assert [s["id"] for s in second["sessions"]] == ["s3", "s4"] and second["next"] == "s4"
+    last = await (await client.get("/sessions", params={"after": "s4"})).json()
+    assert last == {"domain": ROOT_DOMAIN, "sessions": [], "next": None}
+    everything = await (await client.get("/sessions")).json()
+    assert [s["id"] for s in everything["sessions"]] == ["s0", "s1", "s3", "s4"]
+    assert everything["next"] is None
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "501"}, {"limit": "x"},
+                                   {"limit": "\u00b2"}, {"after": "a" * 64}])
+async def test_list_refuses_bad_paging(client: Client, query: dict[str, str]) -> None:
+    response = await client.get("/sessions", params=query)
+    assert response.status == 400
+    [error] = (await response.json())["errors"]
+    assert error["field"] in ("limit", "after")
+
+
 # --- PUT /<id> -----------------------------------------------------------------------
 
 

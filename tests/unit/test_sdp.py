@@ -105,7 +105,8 @@ def test_other_mime_gets_a_dynamic_payload() -> None:
     text = lines(session_sdp(record(mime="video/H264")))
     assert text[-2:] == ["m=video 5004 RTP/AVP 96", "a=rtpmap:96 H264/90000"]
     audio = lines(session_sdp(record(mime="audio/opus")))
-    assert audio[-2:] == ["m=audio 5004 RTP/AVP 96", "a=rtpmap:96 opus/48000"]
+    # RFC 7587: opus is always declared with two channels.
+    assert audio[-2:] == ["m=audio 5004 RTP/AVP 96", "a=rtpmap:96 opus/48000/2"]
 
 
 def test_static_audio_payload() -> None:
