@@ -29,6 +29,7 @@ from msd.matching import Hit, evaluate
 from msd.query import Query, parse, positive_keywords
 from msd.relay import Delay
 from msd.schema import Scope, SessionRecord
+from msd.sessions import Search
 from urs.locate import LocateError, UrsLocation, locate_urs
 
 CACHE_CAPACITY = 10_000
@@ -89,7 +90,8 @@ class SearchClient:
         """The whole hierarchy's global sessions, plus the home domain's own."""
         query = _prepared(text)
         keywords = positive_keywords(query)
-        answers = await asyncio.gather(*(self._keyword(k, scope=query.scope) for k in keywords))
+        answers = await asyncio.gather(*(self._keyword(_search(k, query), scope=query.scope)
+                                         for k in keywords))
         by_keyword = dict(zip(keywords, answers, strict=True))
         return evaluate(query, by_keyword, geodesic_km=distance_km)
 
@@ -97,40 +99,45 @@ class SearchClient:
         """Only the home domain's sessions that may leave it (global scope), from its MSD."""
         query = _prepared(text)
         keywords = positive_keywords(query)
-        answers = await asyncio.gather(*(self._local(k) for k in keywords))
+        answers = await asyncio.gather(*(self._local(_search(k, query)) for k in keywords))
         by_keyword = {k: [r for r in found if r.scope is Scope.GLOBAL]
                       for k, found in zip(keywords, answers, strict=True)}
         return evaluate(query, by_keyword, geodesic_km=distance_km)
 
-    async def _keyword(self, keyword: str, *, scope: Scope | None) -> list[SessionRecord]:
+    async def _keyword(self, search: Search, *, scope: Scope | None) -> list[SessionRecord]:
         found: dict[str, SessionRecord] = {}
         local, remote = await asyncio.gather(  # the home MSD and the owner, at once
-            self._local(keyword) if scope is not Scope.GLOBAL else _nothing(),
-            self._global(keyword) if scope is not Scope.LOCAL else _nothing())
+            self._local(search) if scope is not Scope.GLOBAL else _nothing(),
+            self._global(search) if scope is not Scope.LOCAL else _nothing())
         for record in (*local, *remote):
             found.setdefault(record.uri, record)
         if scope is Scope.LOCAL:
             return [r for r in found.values() if r.domain == self.home]
         return list(found.values())
 
-    async def _local(self, keyword: str) -> list[SessionRecord]:
+    async def _local(self, search: Search) -> list[SessionRecord]:
         msd = await self.home_msd()
-        answer = await self._call("GET", f"{msd}/msd/local-search", params={"keyword": keyword})
-        return [SessionRecord.model_validate(s) for s in answer["sessions"]]
+        params: dict[str, str] = {"keyword": search.keyword}
+        if search.near is not None:
+            params |= {"near": f"{search.near[0]},{search.near[1]}",
+                       "within_km": str(search.within_km)}
+        answer = await self._call("GET", f"{msd}/msd/local-search", params=params)
+        return [_record(s) for s in answer["sessions"]]
 
-    async def _global(self, keyword: str) -> list[SessionRecord]:
+    async def _global(self, search: Search) -> list[SessionRecord]:
+        keyword = search.keyword
         key = key_of(keyword)
         for _ in range(2):
             redirect = self.cache.get(keyword, _now_ms())
             if redirect is None or not redirect.covers(key):
-                redirect, answered = await self._probe(key, search=(keyword, False))
+                redirect, answered = await self._probe(key, search=search)
                 self.cache.put(keyword, redirect, _now_ms())
                 if answered is not None:
                     return answered  # the owner answered the search with the redirect
             else:
                 self.stats.cache_hits += 1
             try:
-                return await self._ext_search(redirect, keyword, shadow=False)
+                return await self._ext_search(redirect, search)
             except _Invalid:
                 self.stats.invalid += 1
                 self.cache.invalidate(keyword)
@@ -139,17 +146,18 @@ class SearchClient:
                 break
         # The owner is gone (or keeps moving): its shadow holds the same records.
         self.stats.shadow_used += 1
-        redirect, answered = await self._probe(shadow_of(key), search=(keyword, True))
+        shadow = dataclasses.replace(search, shadow=True)
+        redirect, answered = await self._probe(shadow_of(key), search=shadow)
         if answered is not None:
             return answered
         try:
-            return await self._ext_search(redirect, keyword, shadow=True)
+            return await self._ext_search(redirect, shadow)
         except (_Invalid, _Unreachable) as exc:
             raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
                               f"({type(exc).__name__.strip('_').lower()})") from None
 
     async def _probe(
-        self, key: int, *, search: tuple[str, bool] | None = None
+        self, key: int, *, search: Search | None = None
     ) -> tuple[Redirect, list[SessionRecord] | None]:
         """The owner's redirect and, when `search` was given and the owner could answer it,
         its records for that keyword (msd-probe-reply carrying the ext-search answer)."""
@@ -157,7 +165,7 @@ class SearchClient:
         msd = await self.home_msd()
         body: dict[str, Any] = {"key": f"{key:032x}"}
         if search is not None:
-            body |= {"keyword": search[0], "shadow": search[1]}
+            body |= search.to_json()
         answer = await self._call("POST", f"{msd}/msd/probe", json=body)
         host, _, port = str(answer["address"]).rpartition(":")
         owned = KeyRange.from_json([answer["start"], answer["end"]])
@@ -166,11 +174,9 @@ class SearchClient:
         sessions = answer.get("sessions")
         if sessions is None:
             return redirect, None
-        return redirect, [SessionRecord.model_validate(s) for s in sessions]
+        return redirect, [_record(s) for s in sessions]
 
-    async def _ext_search(
-        self, redirect: Redirect, keyword: str, *, shadow: bool
-    ) -> list[SessionRecord]:
+    async def _ext_search(self, redirect: Redirect, search: Search) -> list[SessionRecord]:
         url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
         delay = self._delay if redirect.domain != self.home else None
         for attempt in (1, 2):
@@ -178,7 +184,7 @@ class SearchClient:
                 if delay is not None:
                     await delay(redirect.domain)  # the request crosses the network
                 async with self._http.post(
-                    url, json={"keyword": keyword, "shadow": shadow},
+                    url, json=search.to_json(),
                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                 ) as response:
                     if response.status == 409:
@@ -188,7 +194,7 @@ class SearchClient:
                     answer = await response.json()
                     if delay is not None:
                         await delay(redirect.domain)  # and so does the answer
-                    return [SessionRecord.model_validate(s) for s in answer["sessions"]]
+                    return [_record(s) for s in answer["sessions"]]
             except aiohttp.ServerDisconnectedError:
                 if attempt == 2:
                     raise _Unreachable() from None
@@ -235,6 +241,19 @@ async def designated_msd(
     if not designated:
         raise ClientError(f"{domain} has no designated MSD (are its MSD daemons running?)")
     return f"http://{designated['address']}:{designated['port']}"
+
+
+def _search(keyword: str, query: Query) -> Search:
+    """What to ask the owner for one keyword: with the query's circle, when it has one
+    (near: filters every result, so the owner may apply it; evaluate checks it again)."""
+    if isinstance(query.near, tuple):
+        return Search(keyword, near=query.near, within_km=query.within_km)
+    return Search(keyword)
+
+
+def _record(data: dict[str, Any]) -> SessionRecord:
+    """A session from an MSD's answer (its `distance_km`, if any, is recomputed later)."""
+    return SessionRecord.model_validate({k: v for k, v in data.items() if k != "distance_km"})
 
 
 async def _nothing() -> list[SessionRecord]:

@@ -19,9 +19,10 @@ import aiohttp
 from aiohttp import web
 
 from msd.errors import MsdError
+from msd.query import WITHIN_MAX_KM
 from msd.relay import AUTH_HEADER, Overloaded, RoutingFailed, authentic
 from msd.schema import SessionRecord
-from msd.sessions import NotDesignated, SessionService, parse_record
+from msd.sessions import NotDesignated, Search, SessionService, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,15 @@ class SessionRoutes:
         return {"query": text, "home": service.domain, "sessions": sessions}
 
     async def local_search(self, request: web.Request) -> dict[str, Any]:
-        keyword = _keyword(request.query.get("keyword"))
-        records = await self.service().local_search(keyword)
-        return {"keyword": keyword, "sessions": [r.model_dump(mode="json") for r in records]}
+        """GET /msd/local-search?keyword=K[&near=LAT,LON&within_km=KM]"""
+        query = request.query
+        near = None
+        if query.get("near") is not None:
+            near = query["near"].split(",")
+        search = _search({"keyword": query.get("keyword"), "near": near,
+                          "within_km": query.get("within_km")})
+        sessions = await self.service().local_search(search)
+        return {"keyword": search.keyword, "sessions": sessions}
 
     async def probe(self, request: web.Request) -> dict[str, Any] | web.Response:
         """msd-probe: from a client (answered when the owner is found), or routed from
@@ -151,9 +158,7 @@ class SessionRoutes:
             raise MsdError("key must be 32 hex digits") from None
         if not 0 <= key < 2**128:
             raise MsdError("key must be 32 hex digits")
-        search = None
-        if body.get("keyword") is not None:
-            search = (_keyword(body.get("keyword")), bool(body.get("shadow", False)))
+        search = _search(body) if body.get("keyword") is not None else None
         if not routed:
             return await self.service().probe(key, search=search)
         self.service().relay_probe(key, search=search, body=_reply_path(body),
@@ -169,16 +174,14 @@ class SessionRoutes:
         return {"accepted": True}
 
     async def ext_search(self, request: web.Request) -> dict[str, Any]:
-        body = await _json(request)
-        keyword = _keyword(body.get("keyword"))
-        shadow = bool(body.get("shadow", False))
-        records = await self.service().ext_search(keyword, shadow=shadow)
-        if records is None:
+        """ext-search: {"keyword", "shadow"[, "near": [lat, lon], "within_km"]}."""
+        search = _search(await _json(request))
+        sessions = await self.service().ext_search(search)
+        if sessions is None:
             raise web.HTTPConflict(text=json.dumps({"error": "ext-search-invalid",
-                                                    "keyword": keyword}),
+                                                    "keyword": search.keyword}),
                                    content_type="application/json")
-        return {"keyword": keyword, "shadow": shadow,
-                "sessions": [r.model_dump(mode="json") for r in records]}
+        return {"keyword": search.keyword, "shadow": search.shadow, "sessions": sessions}
 
     # --- from other MSDs -------------------------------------------------------------------
 
@@ -231,6 +234,28 @@ def _object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MsdError("body must be a JSON object")
     return body
+
+
+def _search(body: dict[str, Any]) -> Search:
+    """A keyword search from a request: keyword, shadow, and optionally near + within_km."""
+    keyword = _keyword(body.get("keyword"))
+    shadow = body.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise MsdError("shadow must be true or false")
+    near = body.get("near")
+    if near is None:
+        return Search(keyword, shadow)
+    try:
+        lat, lon = (float(v) for v in near)
+        within = float(body["within_km"])
+    except (TypeError, ValueError, KeyError):
+        raise MsdError("near must be [LAT, LON] with within_km, numbers in degrees and "
+                       "kilometres") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise MsdError("near must be LAT -90..90, LON -180..180")
+    if not 0 < within <= WITHIN_MAX_KM:
+        raise MsdError(f"within_km must be more than 0 and at most {WITHIN_MAX_KM}")
+    return Search(keyword, shadow, (lat, lon), within)
 
 
 def _keyword(value: object) -> str:

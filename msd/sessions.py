@@ -14,6 +14,7 @@ an owner whose range moved answers `ext-search-invalid`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from msd.keyspace import key_of, shadow_of
 from msd.messages import Peer
 from msd.relay import Delay, Relay, RoutingFailed
 from msd.schema import Scope, SessionRecord
-from msd.store import MsdStore
+from msd.store import MsdStore, NearRecord
 
 log = logging.getLogger(__name__)
 
@@ -167,23 +168,22 @@ class SessionService:
 
     # --- search ----------------------------------------------------------------------------
 
-    async def probe(self, key: int, *, search: tuple[str, bool] | None = None) -> dict[str, Any]:
+    async def probe(self, key: int, *, search: Search | None = None) -> dict[str, Any]:
         """msd-probe: find the owner of `key`; its answer is the redirect for the client.
 
-        With `search` = (keyword, shadow) the owner also answers what an ext-search would,
-        saving the client a round trip to a remote owner when its cache is cold."""
+        With `search` the owner also answers what an ext-search would, saving the client a
+        round trip to a remote owner when its cache is cold."""
         peer = self._next(key, hops=())
         if peer is None:
             return await self._owner_answer(key, hops=(), search=search)
         self.routed += 1
         body: dict[str, Any] = {"key": f"{key:032x}", "hops": [self.domain]}
         if search is not None:
-            body |= {"keyword": search[0], "shadow": search[1]}
+            body |= search.to_json()
         return await self.relay.originate(peer, "/msd/probe", body)
 
     def relay_probe(
-        self, key: int, *, search: tuple[str, bool] | None, body: dict[str, Any],
-        hops: tuple[str, ...],
+        self, key: int, *, search: Search | None, body: dict[str, Any], hops: tuple[str, ...],
     ) -> None:
         """A routed msd-probe reached us: answer its origin if we own the key, else pass it on."""
 
@@ -203,7 +203,7 @@ class SessionService:
         self.relay.spawn(handle(), name=f"msd-probe {key:032x}")
 
     async def _owner_answer(
-        self, key: int, *, hops: tuple[str, ...], search: tuple[str, bool] | None
+        self, key: int, *, hops: tuple[str, ...], search: Search | None
     ) -> dict[str, Any]:
         node = self.node()
         start, end = node.owned.to_json()
@@ -211,21 +211,33 @@ class SessionService:
             "owner": self.domain, "address": _address(node.address), "start": start,
             "end": end, "generation": node.generation, "term": node.term, "hops": len(hops)}
         if search is not None:
-            keyword, shadow = search
-            found = await self.ext_search(keyword, shadow=shadow)
+            found = await self.ext_search(search)
             if found is not None:
-                answer["sessions"] = [r.model_dump(mode="json") for r in found]
+                answer["sessions"] = found
         return answer
 
-    async def ext_search(self, keyword: str, *, shadow: bool) -> list[SessionRecord] | None:
-        """The owner's answer for a keyword; None (ext-search-invalid) when we do not own it."""
-        if _key(keyword, shadow=shadow) not in self.node().owned:
+    async def ext_search(self, search: Search) -> list[dict[str, Any]] | None:
+        """The owner's answer for a keyword (JSON sessions, with `distance_km` when near
+        was given); None (ext-search-invalid) when we do not own its key."""
+        if _key(search.keyword, shadow=search.shadow) not in self.node().owned:
             return None
-        return await self.store.search_global(keyword, shadow=shadow, now=self._clock())
+        if search.near is None:
+            records = await self.store.search_global(search.keyword, shadow=search.shadow,
+                                                     now=self._clock())
+            return [r.model_dump(mode="json") for r in records]
+        near = await self.store.search_global_near(
+            search.keyword, shadow=search.shadow, near=search.near,
+            within_km=search.within_km, now=self._clock())
+        return [_with_distance(found) for found in near]
 
-    async def local_search(self, keyword: str) -> list[SessionRecord]:
+    async def local_search(self, search: Search) -> list[dict[str, Any]]:
         """Administrative scope: the sessions registered in this domain (any scope)."""
-        return await self.store.search_local(keyword, now=self._clock())
+        if search.near is None:
+            records = await self.store.search_local(search.keyword, now=self._clock())
+            return [r.model_dump(mode="json") for r in records]
+        near = await self.store.search_local_near(
+            search.keyword, near=search.near, within_km=search.within_km, now=self._clock())
+        return [_with_distance(found) for found in near]
 
     # --- housekeeping ----------------------------------------------------------------------
 
@@ -258,6 +270,26 @@ class SessionService:
             return self.node().next_peer(key)
         except LookupError as exc:
             raise RoutingFailed(str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """One keyword's search at its owner (or shadow owner), optionally within a circle."""
+
+    keyword: str
+    shadow: bool = False
+    near: tuple[float, float] | None = None
+    within_km: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"keyword": self.keyword, "shadow": self.shadow}
+        if self.near is not None:
+            body |= {"near": list(self.near), "within_km": self.within_km}
+        return body
+
+
+def _with_distance(found: NearRecord) -> dict[str, Any]:
+    return found.record.model_dump(mode="json") | {"distance_km": round(found.distance_km, 3)}
 
 
 def _key(keyword: str, *, shadow: bool) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from client.register import register_everywhere
 from client.search import SearchClient
+from msd.keyspace import key_of
 from tests.integration.test_msd_tree import _settled, _start, _statuses, _wait
 from vdns.harness import Hierarchy
 
@@ -112,3 +113,44 @@ async def test_the_msd_answers_a_whole_search_in_one_call(scenario3: Hierarchy) 
         async with http.get(url, params={"q": "NOT opera"}) as response:
             assert response.status == 400
             assert "not negated" in (await response.json())["error"]
+
+
+@pytest.mark.timeout(180)
+async def test_near_returns_exactly_the_sessions_within_the_radius(scenario3: Hierarchy) -> None:
+    """Through the owners' geo rows: 400 sessions at random points 0-100 km from the
+    centre, registered at random domains; every domain finds exactly those within 50 km."""
+    from geopy.distance import geodesic
+
+    rng = random.Random(11)
+    domains = sorted(scenario3.domains)
+    dns = scenario3.root.dns_address
+    centre = (29.6, -82.3)
+    inside: set[str] = set()
+    async with aiohttp.ClientSession() as http:
+        for number in range(400):
+            point = geodesic(kilometers=rng.uniform(0, 100)).destination(
+                centre, bearing=rng.uniform(0, 360))
+            session = _session(number, "geo") | {"lat": point.latitude, "lon": point.longitude,
+                                                  "keywords": ["geo"]}
+            registration, _ = await register_everywhere(
+                http, domain=rng.choice(domains), session=session, dns_server=dns, wait=True)
+            if geodesic(centre, (point.latitude, point.longitude)).km <= 50:
+                inside.add(registration.uri)
+        assert 50 < len(inside) < 350
+        for home in domains[::3]:
+            client = SearchClient(home=home, dns_server=dns, http=http)
+            hits = await client.search("geo near:29.6,-82.3 within:50")
+            assert {h.session.uri for h in hits} == inside
+            assert all(h.distance_km is not None and h.distance_km <= 50 for h in hits)
+            distances = [h.distance_km for h in hits]
+            assert distances == sorted(distances)
+        # The owner itself answers with only the sessions in the circle (its geo rows).
+        async with http.post(f"{await client.home_msd()}/msd/probe",
+                             json={"key": f"{key_of('geo'):032x}"}) as response:
+            owner = (await response.json())["address"]
+        async with http.post(f"http://{owner}/msd/ext-search",
+                             json={"keyword": "geo", "near": [29.6, -82.3],
+                                   "within_km": 50}) as response:
+            answer = await response.json()
+        assert {s["uri"] for s in answer["sessions"]} == inside
+        assert all(0 <= s["distance_km"] <= 50 for s in answer["sessions"])
