@@ -28,14 +28,12 @@ class SimDomain:
     messages_sent: int = 0
 
 
-@dataclasses.dataclass(order=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Delivery:
-    at: float
-    seq: int
-    target: str = dataclasses.field(compare=False)
-    message: Message = dataclasses.field(compare=False)
-    multicast: bool = dataclasses.field(compare=False)
-    port: int | None = dataclasses.field(compare=False)  # unicast: the port it was sent to
+    target: str
+    message: Message
+    multicast: bool
+    port: int | None  # unicast: the port it was sent to
 
 
 class VirtualNetwork:
@@ -58,7 +56,12 @@ class VirtualNetwork:
         self.now = 0.0
         self.domains: dict[str, SimDomain] = {}
         self._by_address: dict[tuple[str, int], str] = {}
-        self._queue: list[_Delivery] = []
+        # Who hears each group (as CMCAST or PMCAST), in the order the domains were first
+        # added: a multicast costs its members, not a scan of every domain.
+        self._members: dict[str, dict[str, None]] = {}
+        self._tick_order: list[str] | None = None  # every domain by name; None after an add
+        # (due time, sequence, delivery): plain tuples, so the heap compares in C.
+        self._queue: list[tuple[float, int, _Delivery]] = []
         self._seq = 0
         self._next_port = 10_000
         self.delivered = 0
@@ -72,7 +75,16 @@ class VirtualNetwork:
         address = Peer(domain=domain, host="127.0.0.1", port=self._next_port)
         node = Node(address=address, parent_domain=parent, msd_id=f"sim-{self._next_port}",
                     term=term, config=self.config, now=self.now)
+        old = self.domains.get(domain)
+        if old is not None:
+            for group in (old.cmcast, old.pmcast):
+                if group is not None:
+                    self._members[group].pop(domain, None)
         self.domains[domain] = SimDomain(node=node, cmcast=cmcast, pmcast=pmcast)
+        self._tick_order = None
+        for group in (cmcast, pmcast):
+            if group is not None:
+                self._members.setdefault(group, {})[domain] = None
         self._by_address[(address.host, address.port)] = domain
         # The URS soft state: children learn where their parent's designated MSD is.
         for other in self.domains.values():
@@ -100,7 +112,9 @@ class VirtualNetwork:
             next_tick = min(until, self.now + step)
             self._deliver_until(next_tick)
             self.now = next_tick
-            for name in sorted(self.domains):
+            if self._tick_order is None:
+                self._tick_order = sorted(self.domains)
+            for name in self._tick_order:
                 sim = self.domains[name]
                 if sim.alive:
                     self._carry(domain=name, actions=sim.node.tick(self.now))
@@ -147,11 +161,11 @@ class VirtualNetwork:
     def _multicast(self, sender: SimDomain, group: str, message: Message) -> None:
         if not self.config.multicast:
             return
-        for name, sim in self.domains.items():
+        for name in self._members.get(group, ()):
+            sim = self.domains[name]
             if sim is sender or sim.multicast_blocked:
                 continue
-            if group in (sim.cmcast, sim.pmcast):
-                self._enqueue(name, message, multicast=True)
+            self._enqueue(name, message, multicast=True)
 
     def _enqueue(
         self, target: str, message: Message, *, multicast: bool, port: int | None = None
@@ -161,18 +175,18 @@ class VirtualNetwork:
             return
         self._seq += 1
         delay = self.latency_s + (self.random.uniform(0, self.jitter_s) if self.jitter_s else 0)
-        heapq.heappush(self._queue, _Delivery(self.now + delay, self._seq, target, message,
-                                              multicast, port))
+        heapq.heappush(self._queue, (self.now + delay, self._seq,
+                                     _Delivery(target, message, multicast, port)))
 
     def _deliver_until(self, until: float) -> None:
-        while self._queue and self._queue[0].at <= until:
-            delivery = heapq.heappop(self._queue)
+        while self._queue and self._queue[0][0] <= until:
+            at, _, delivery = heapq.heappop(self._queue)
             sim = self.domains.get(delivery.target)
             # A datagram addressed to a dead process's port is lost, even after a restart.
             node = sim.node if sim and sim.alive else None
             if node is None or delivery.port not in (None, node.address.port):
                 continue
-            now = max(self.now, delivery.at)
+            now = max(self.now, at)
             self.delivered += 1
             self._carry(domain=delivery.target,
                         actions=node.receive(delivery.message, now, multicast=delivery.multicast))
