@@ -121,8 +121,9 @@ class VirtualNetwork:
 
     def settle(self, *, within: float = 0.05) -> None:
         """Deliver what is in flight (for `within` seconds) without ticking any node."""
-        self._deliver_until(self.now + within)
-        self.now += within
+        until = self.now + within
+        self._deliver_until(until)
+        self.now = until
 
     def live_nodes(self) -> list[Node]:
         return [sim.node for sim in self.domains.values() if sim.alive]
@@ -186,7 +187,9 @@ class VirtualNetwork:
             node = sim.node if sim and sim.alive else None
             if node is None or delivery.port not in (None, node.address.port):
                 continue
-            now = max(self.now, at)
+            # The clock stands at the delivery, so whatever the node sends in answer leaves
+            # then, and a chain of answers pays the latency once per hop.
+            self.now = max(self.now, at)
             self.delivered += 1
-            self._carry(domain=delivery.target,
-                        actions=node.receive(delivery.message, now, multicast=delivery.multicast))
+            self._carry(domain=delivery.target, actions=node.receive(
+                delivery.message, self.now, multicast=delivery.multicast))
