@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any
 
 import pytest
 
+from client.cli import main
 from vdns.scale import ScaleSettings, format_report, scale
 from vdns.trees import (
     MAX_FANOUT,
@@ -152,3 +154,27 @@ def test_a_tree_given_too_little_time_is_reported_unconverged() -> None:
     assert r["converged"] is False and r["virtual_convergence_s"] is None
     assert "did not converge" in r["notes"][0]
     assert "converged               no" in format_report(r)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_the_command_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "scale", "--domains", "50", "--json", "--lookups", "500",
+                 "--window", "3"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the whole of stdout: one object, nothing else
+    assert set(result) >= REQUIRED and result["domains"] == 50 and result["converged"]
+    assert "scale: a random tree of 50 domains" in captured.err  # progress on stderr
+
+
+def test_the_command_prints_a_table_and_refuses_bad_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["experiment", "scale", "--domains", "30", "--lookups", "200",
+                 "--window", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("scale: 30 domains") and "hops per lookup" in out
+    assert re.search(r"^\s+0\s+1\s", out, re.M)  # the root's row of the level table
+    assert main(["experiment", "scale", "--fanout", "100"]) == 1
+    assert "--fanout 100: need 2..64" in capsys.readouterr().err
