@@ -135,9 +135,12 @@ class VirtualNetwork:
 
     def settle(self, *, within: float = 0.05) -> None:
         """Deliver what is in flight (for `within` seconds) without ticking any node."""
-        until = self.now + within
+        self.deliver(until=self.now + within)
+
+    def deliver(self, *, until: float) -> None:
+        """Deliver what is due by `until` without ticking any node; the clock moves there."""
         self._deliver_until(until)
-        self.now = until
+        self.now = max(self.now, until)
 
     def live_nodes(self) -> list[Node]:
         return [sim.node for sim in self.domains.values() if sim.alive]

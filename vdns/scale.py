@@ -120,6 +120,8 @@ def scale(
         net.add(name, parent=tree.parent_name(index), cmcast=_group(index),
                 pmcast=None if parent < 0 else _group(parent))
     nodes = [net.domains[name].node for name in tree.names]
+    say(f"started {len(nodes):,} domains at once; the first heartbeat, when they all join, "
+        f"takes longest")
 
     converged, first, last = _converge(net, nodes, settings, started=started, say=say)
     n, window = len(nodes), settings.window
@@ -186,12 +188,19 @@ def _converge(
         say(f"{net.now:.1f} s virtual: the root counts {nodes[0].count:,}/{len(nodes):,} "
             f"domains, {state}; {said - started:.0f} s wall")
 
+    # Between ticks, deliver in slices of one latency (ticking nobody), so that even the
+    # first tick, when every domain joins at once, shows progress.
+    piece = max(settings.latency_ms / 1000, hb / 1000)
     while True:
         check += 1
-        # Checks at mid-interval, when what a beat set off has landed; one tick at a time,
-        # so that a long tick (the whole tree forming at once) still shows progress.
+        # Checks at mid-interval, when what a beat set off has landed.
         while net.now < (check - 0.5) * hb - 1e-9:
-            net.run(until=min((check - 0.5) * hb, net.now + hb / TICKS_PER_HEARTBEAT))
+            tick = min((check - 0.5) * hb, net.now + hb / TICKS_PER_HEARTBEAT)
+            slices = int((tick - net.now) / piece)
+            for until in [net.now + i * piece for i in range(1, slices)]:
+                net.deliver(until=until)
+                tell()
+            net.run(until=tick)
             tell()
         if first is None and net.now >= settings.max_virtual_s:
             # Never converged: measure the traffic of one window anyway, as it is.
@@ -329,7 +338,7 @@ def _notes(result: dict[str, Any]) -> list[str]:
         levels = f"{below[0]['level']}–{below[-1]['level']}" if len(below) > 1 else (
             below[0]["level"])
         notes.append(
-            f"at level {levels} the measured load is "
+            f"at level{'s' if len(below) > 1 else ''} {levels} the measured load is "
             f"{min(ratios):.2f}–{max(ratios):.2f} times (Σ count_j + 1)/N: lookups leave a "
             f"subtree through its top domain as often as they enter it, and the equation "
             f"counts those entering; load_model, 1 − Σ (size/N)² over the parts the domain "
