@@ -54,7 +54,8 @@ figures (N domains; docs/scale.md derives the formulas):
                    once) during the window after convergence, / N / window heartbeats;
                    control_bytes_by_kind: the same per message kind
   control_bytes_to_converge_per_domain  those bytes from the start to convergence, / N
-  route_switches_mean, _max  changes of a domain's routing table, start to end
+  route_switches_mean, _max  changes of a domain's routing table, start to end;
+                   route_switches_in_window: of all domains, during the window
   lookups, lookup_failures  random keys routed from random domains at the end, and how
                    many did not reach the key's owner
   hops_mean, hops_max  next-hop steps per lookup
@@ -96,6 +97,7 @@ class _Snapshot:
     virtual: float
     wall: float
     last_change: float  # of any routing table
+    route_switches: int  # of all domains
     bytes_sent: int
     bytes_by_kind: dict[str, int]
     received: list[int]  # per domain, in tree order
@@ -146,6 +148,7 @@ def scale(
         "control_bytes_to_converge_per_domain": round(first.bytes_sent / n, 1),
         "route_switches_mean": round(sum(node.route_switches for node in nodes) / n, 2),
         "route_switches_max": max(node.route_switches for node in nodes),
+        "route_switches_in_window": last.route_switches - first.route_switches,
     }
     say(f"routing {settings.lookups:,} lookups")
     result |= _lookups(net, nodes, tree, settings, window=(first, last))
@@ -237,6 +240,7 @@ def _snapshot(net: VirtualNetwork, nodes: list[Node], *, started: float) -> _Sna
     sims = [net.domains[node.domain] for node in nodes]
     return _Snapshot(virtual=net.now, wall=time.perf_counter() - started,
                      last_change=max(node.last_change for node in nodes),
+                     route_switches=sum(node.route_switches for node in nodes),
                      bytes_sent=sum(sim.bytes_sent for sim in sims),
                      bytes_by_kind=dict(net.bytes_by_kind),
                      received=[sim.messages_received for sim in sims])
@@ -385,7 +389,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"heartbeat over {result['window_heartbeats']} heartbeats ({kinds}); "
         f"{result['control_bytes_to_converge_per_domain']} per domain until converged",
         f"{'route switches':<24}mean {result['route_switches_mean']}, "
-        f"max {result['route_switches_max']}",
+        f"max {result['route_switches_max']}, {result['route_switches_in_window']} in the window",
         f"{'hops per lookup':<24}mean {result['hops_mean']} (tree-path formula "
         f"{result['hops_predicted']}, log_{result['fanout']}(N) {result['hops_log_k']}), "
         f"max {result['hops_max']}, {result['lookups']:,} lookups, "

@@ -124,6 +124,7 @@ def test_a_hundred_domains_converge_fair_and_route_along_the_tree(
     assert r["root_load_predicted"] == 1.0  # the root's subtree is the whole tree
     assert r["root_load"] == pytest.approx(r["root_load_model"], abs=0.03)
     assert r["route_switches_mean"] >= 1
+    assert r["route_switches_in_window"] == 0  # converged: nothing moves any more
 
 
 def test_control_bytes_are_counted_per_kind_and_per_level(hundred: dict[str, Any]) -> None:
