@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from msd.hierarchy import HierarchyConfig, Node
-from msd.keyspace import SPACE, skew
+from msd.keyspace import SPACE, KeyRange, skew
 from msd.treeview import Owners, tiling_gaps
 from vdns.netsim import TICKS_PER_HEARTBEAT, VirtualNetwork
 from vdns.trees import (
@@ -224,7 +224,7 @@ def _whole(net: VirtualNetwork, nodes: list[Node], rng: random.Random) -> bool:
     from it to its owner. Cheapest test first: while the tree forms, shares are unfair."""
     if skew([node.owned.share for node in nodes], len(nodes)) >= FAIR:
         return False
-    owned = sorted(((node.owned, node.domain) for node in nodes), key=lambda p: p[0].start)
+    owned = _owned(nodes)
     if tiling_gaps(owned):
         return False
     owner = Owners(owned)
@@ -234,6 +234,11 @@ def _whole(net: VirtualNetwork, nodes: list[Node], rng: random.Random) -> bool:
         if reached is None or reached != owner(key):
             return False
     return True
+
+
+def _owned(nodes: list[Node]) -> list[tuple[KeyRange, str]]:
+    """(owned range, domain) pairs in key order."""
+    return sorted(((node.owned, node.domain) for node in nodes), key=lambda p: p[0].start)
 
 
 def _snapshot(net: VirtualNetwork, nodes: list[Node], *, started: float) -> _Snapshot:
@@ -256,8 +261,7 @@ def _lookups(
     """Route random keys from random domains; hops and per-domain visits against the formulas."""
     n = len(nodes)
     index = {node.domain: i for i, node in enumerate(nodes)}
-    owner = Owners(sorted(((node.owned, node.domain) for node in nodes),
-                          key=lambda p: p[0].start))
+    owner = Owners(_owned(nodes))
     rng = random.Random(f"lookups-{settings.seed}")
     visits = [0] * n
     hops: list[int] = []
