@@ -188,7 +188,7 @@ def _converge(
         said = time.perf_counter()
         state = "converging" if first is None else (
             f"converged, watching {net.now - first.virtual:.0f}/{window * hb:.0f} s")
-        say(f"{net.now:.1f} s virtual: the root counts {nodes[0].count:,}/{len(nodes):,} "
+        say(f"{net.now:.3f} s virtual: the root counts {nodes[0].count:,}/{len(nodes):,} "
             f"domains, {state}; {said - started:.0f} s wall")
 
     # Between ticks, deliver in slices of one latency (ticking nobody), so that even the
