@@ -171,7 +171,43 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--seed", type=int, default=0)
     latency.add_argument("--json", action="store_true",
                          help='print {"cold": {...}, "warm": {...}}')
+    _scale_parser(experiments)
     return parser
+
+
+def _scale_parser(experiments: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vdns.scale import FIGURES, ScaleSettings  # light: the tree core and the codec
+
+    defaults = ScaleSettings()
+    scale = experiments.add_parser(
+        "scale", help="a random tree of up to 10,000 domains on a virtual network and clock",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FIGURES,
+        description=(
+            "Build a random tree of --domains domains (seeded), start every domain's MSD tree\n"
+            "core (msd.hierarchy.Node, as the daemons run it) at once on an in-process virtual\n"
+            "network and clock, and measure: convergence, skew, control bytes (every datagram\n"
+            "encoded by msd.codec), route switches, routing hops and load per tree level\n"
+            "against the formulas. Progress goes to stderr; docs/scale.md has the details."))
+    scale.add_argument("--domains", type=int, default=defaults.domains, metavar="N",
+                       help=f"domains in the tree, 1..100000 (default {defaults.domains})")
+    scale.add_argument("--fanout", type=int, default=defaults.fanout, metavar="K",
+                       help=f"most children a domain may have, 2..64 (default {defaults.fanout})")
+    scale.add_argument("--depth", type=int, metavar="D",
+                       help="deepest level a domain may sit at (default: ceil(log_K N) + 1)")
+    scale.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seeds the tree, the checks and the lookups (default 0)")
+    scale.add_argument("--window", type=int, default=defaults.window, metavar="HEARTBEATS",
+                       help="heartbeats the tree must stay converged; control bytes are "
+                            f"measured over them (default {defaults.window})")
+    scale.add_argument("--lookups", type=int, default=defaults.lookups, metavar="L",
+                       help=f"random lookups routed at the end (default {defaults.lookups})")
+    scale.add_argument("--latency", type=float, default=defaults.latency_ms, metavar="MS",
+                       help=f"one-way delay of every datagram (default {defaults.latency_ms:g})")
+    scale.add_argument("--max-virtual", type=float, default=defaults.max_virtual_s,
+                       metavar="SECONDS", help="give up converging after this much virtual "
+                       f"time (default {defaults.max_virtual_s:g})")
+    scale.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _tree_options(scale)
 
 
 def _tree_options(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +300,8 @@ async def _status(args: argparse.Namespace, *, out: TextIO) -> int:
 
 
 def _experiment(args: argparse.Namespace, *, out: TextIO) -> int:
+    if args.experiment == "scale":
+        return _scale(args, out=out)
     from vdns.experiments import LatencySettings, format_report, latency
 
     try:
@@ -281,6 +319,22 @@ def _experiment(args: argparse.Namespace, *, out: TextIO) -> int:
                                keywords=keywords, scenario_dir=CONFIGS_DIR / "scenario3")
     result = asyncio.run(latency(settings, progress=lambda text: print(
         text, file=sys.stderr, flush=True)))
+    print(json.dumps(result, indent=2) if args.json else format_report(result), file=out)
+    return 0
+
+
+def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
+    from vdns.scale import ScaleSettings, format_report, scale
+
+    if args.window < 1 or args.lookups < 1 or args.heartbeat <= 0 or args.latency < 0:
+        raise ClientError("--window and --lookups need at least 1, --heartbeat more than 0, "
+                          "--latency at least 0")
+    settings = ScaleSettings(domains=args.domains, fanout=args.fanout, depth=args.depth,
+                             seed=args.seed, heartbeat_s=args.heartbeat, latency_ms=args.latency,
+                             window=args.window, lookups=args.lookups,
+                             max_virtual_s=args.max_virtual, alpha=args.alpha, beta=args.beta)
+    result = scale(settings, progress=lambda text: print(f"scale: {text}", file=sys.stderr,
+                                                         flush=True))
     print(json.dumps(result, indent=2) if args.json else format_report(result), file=out)
     return 0
 

@@ -25,7 +25,12 @@ def owned_ranges(domains: Sequence[Mapping[str, Any]]) -> list[tuple[KeyRange, s
 
 def tiling_problems(domains: Sequence[Mapping[str, Any]]) -> list[str]:
     """Gaps and overlaps in the owned ranges (an empty list: they tile the space)."""
-    owned = owned_ranges(domains)
+    return tiling_gaps(owned_ranges(domains))
+
+
+def tiling_gaps(owned: Sequence[tuple[KeyRange, str]]) -> list[str]:
+    """Gaps and overlaps in (range, domain) pairs sorted by range: the core of tiling_problems,
+    for callers that hold the ranges already (the simulator's nodes)."""
     if not owned:
         return ["no domain owns any range"]
     problems: list[str] = []
@@ -58,19 +63,31 @@ def route(domains: Mapping[str, Mapping[str, Any]], key: int, *, start: str) -> 
     return None
 
 
+class Owners:
+    """Who owns a key, by binary search over (range, domain) pairs sorted by range."""
+
+    def __init__(self, owned: Sequence[tuple[KeyRange, str]]) -> None:
+        self._owned = owned
+        self._starts = [rng.start for rng, _ in owned]
+
+    def __call__(self, key: int) -> str | None:
+        index = bisect.bisect_right(self._starts, key) - 1
+        if index >= 0 and key in self._owned[index][0]:
+            return self._owned[index][1]
+        return None
+
+
 def routing_problems(
     domains: Sequence[Mapping[str, Any]], *, keys: int = 10_000, seed: int = 0
 ) -> list[str]:
     """Route `keys` random keys from every domain; each must reach the one owner."""
     by_name = {d["name"]: d for d in domains}
-    owned = owned_ranges(domains)
-    starts = [rng.start for rng, _ in owned]
+    owner = Owners(owned_ranges(domains))
     rng_keys = random.Random(seed)
     problems: list[str] = []
     for _ in range(keys):
         key = rng_keys.randrange(SPACE)
-        index = bisect.bisect_right(starts, key) - 1
-        expected = owned[index][1] if index >= 0 and key in owned[index][0] else None
+        expected = owner(key)
         for name in by_name:
             got = route(by_name, key, start=name)
             if got != expected or got is None:

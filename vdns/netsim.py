@@ -12,8 +12,11 @@ import heapq
 import random
 from collections.abc import Iterable
 
+from msd.codec import encode
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Message, Peer
+
+TICKS_PER_HEARTBEAT = 10  # as often as the daemons tick their node (msd.daemon)
 
 
 @dataclasses.dataclass
@@ -26,16 +29,16 @@ class SimDomain:
     alive: bool = True
     multicast_blocked: bool = False
     messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0  # encoded datagrams, counted only when the network has a wire key
 
 
-@dataclasses.dataclass(order=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Delivery:
-    at: float
-    seq: int
-    target: str = dataclasses.field(compare=False)
-    message: Message = dataclasses.field(compare=False)
-    multicast: bool = dataclasses.field(compare=False)
-    port: int | None = dataclasses.field(compare=False)  # unicast: the port it was sent to
+    target: str
+    message: Message
+    multicast: bool
+    port: int | None  # unicast: the port it was sent to
 
 
 class VirtualNetwork:
@@ -49,8 +52,13 @@ class VirtualNetwork:
         jitter_s: float = 0.0,
         loss: float = 0.0,
         seed: int = 0,
+        wire_key: bytes | None = None,
     ) -> None:
+        """`wire_key`: encode every datagram sent (msd.codec, signed with this key) to count
+        its real size in `SimDomain.bytes_sent` and `bytes_by_kind`; None skips the cost."""
         self.config = config
+        self.wire_key = wire_key
+        self.bytes_by_kind: dict[str, int] = {}
         self.latency_s = latency_s
         self.jitter_s = jitter_s
         self.loss = loss
@@ -58,7 +66,13 @@ class VirtualNetwork:
         self.now = 0.0
         self.domains: dict[str, SimDomain] = {}
         self._by_address: dict[tuple[str, int], str] = {}
-        self._queue: list[_Delivery] = []
+        # Who hears each group (as CMCAST or PMCAST), in the order the domains were first
+        # added: a multicast costs its members, not a scan of every domain.
+        self._members: dict[str, dict[str, None]] = {}
+        self._tick_order: list[str] | None = None  # every domain by name; None after an add
+        self._children: dict[str, dict[str, None]] = {}  # parent domain → its child domains
+        # (due time, sequence, delivery): plain tuples, so the heap compares in C.
+        self._queue: list[tuple[float, int, _Delivery]] = []
         self._seq = 0
         self._next_port = 10_000
         self.delivered = 0
@@ -72,13 +86,25 @@ class VirtualNetwork:
         address = Peer(domain=domain, host="127.0.0.1", port=self._next_port)
         node = Node(address=address, parent_domain=parent, msd_id=f"sim-{self._next_port}",
                     term=term, config=self.config, now=self.now)
+        old = self.domains.get(domain)
+        if old is not None:
+            for group in (old.cmcast, old.pmcast):
+                if group is not None and group not in (cmcast, pmcast):
+                    self._members[group].pop(domain, None)
+            if old.node.parent_domain != parent:
+                self._children[old.node.parent_domain or ""].pop(domain, None)
         self.domains[domain] = SimDomain(node=node, cmcast=cmcast, pmcast=pmcast)
+        self._tick_order = None
+        for group in (cmcast, pmcast):
+            if group is not None:
+                self._members.setdefault(group, {})[domain] = None
+        self._children.setdefault(parent or "", {})[domain] = None
         self._by_address[(address.host, address.port)] = domain
         # The URS soft state: children learn where their parent's designated MSD is.
-        for other in self.domains.values():
-            if other.node.parent_domain == domain and other.alive:
-                self._carry(domain=other.node.domain, actions=other.node.set_parent_address(
-                    address, self.now))
+        for name in self._children.get(domain, ()):
+            other = self.domains[name]
+            if other.alive:
+                self._carry(domain=name, actions=other.node.set_parent_address(address, self.now))
         if parent in self.domains and self.domains[parent].alive:
             self._carry(domain=domain, actions=node.set_parent_address(
                 self.domains[parent].node.address, self.now))
@@ -95,26 +121,37 @@ class VirtualNetwork:
 
     def run(self, *, until: float, step: float | None = None) -> None:
         """Advance the clock to `until`, ticking every live node each `step` seconds."""
-        step = step or self.config.heartbeat_s / 10
+        step = step or self.config.heartbeat_s / TICKS_PER_HEARTBEAT
         while self.now < until - 1e-9:
             next_tick = min(until, self.now + step)
             self._deliver_until(next_tick)
             self.now = next_tick
-            for name in sorted(self.domains):
+            if self._tick_order is None:
+                self._tick_order = sorted(self.domains)
+            for name in self._tick_order:
                 sim = self.domains[name]
                 if sim.alive:
                     self._carry(domain=name, actions=sim.node.tick(self.now))
 
     def settle(self, *, within: float = 0.05) -> None:
         """Deliver what is in flight (for `within` seconds) without ticking any node."""
-        self._deliver_until(self.now + within)
-        self.now += within
+        self.deliver(until=self.now + within)
+
+    def deliver(self, *, until: float) -> None:
+        """Deliver what is due by `until` without ticking any node; the clock moves there."""
+        self._deliver_until(until)
+        self.now = max(self.now, until)
 
     def live_nodes(self) -> list[Node]:
         return [sim.node for sim in self.domains.values() if sim.alive]
 
-    def route(self, key: int, *, start: str, max_hops: int = 256) -> tuple[str | None, int]:
-        """Follow next hops from `start` to the domain that owns `key`: (owner, hops)."""
+    def route(
+        self, key: int, *, start: str, max_hops: int = 256, path: list[str] | None = None
+    ) -> tuple[str | None, int]:
+        """Follow next hops from `start` to the domain that owns `key`: (owner, hops).
+
+        Every live domain the lookup visits, `start` and the owner included, is appended to
+        `path` when one is given."""
         current, hops = start, 0
         seen: set[str] = set()
         while hops <= max_hops:
@@ -122,6 +159,8 @@ class VirtualNetwork:
             if sim is None or not sim.alive or current in seen:
                 return None, hops
             seen.add(current)
+            if path is not None:
+                path.append(current)
             hop = sim.node.route(key)
             if hop is None:
                 return current, hops
@@ -140,6 +179,7 @@ class VirtualNetwork:
                 case SendChildren(message=message):
                     self._multicast(sender, sender.cmcast, message)
                 case SendUnicast(peer=peer, message=message):
+                    self._count_bytes(sender, message)
                     target = self._by_address.get((peer.host, peer.port))
                     if target is not None:
                         self._enqueue(target, message, multicast=False, port=peer.port)
@@ -147,11 +187,19 @@ class VirtualNetwork:
     def _multicast(self, sender: SimDomain, group: str, message: Message) -> None:
         if not self.config.multicast:
             return
-        for name, sim in self.domains.items():
+        self._count_bytes(sender, message)  # one datagram, however many members hear it
+        for name in self._members.get(group, ()):
+            sim = self.domains[name]
             if sim is sender or sim.multicast_blocked:
                 continue
-            if group in (sim.cmcast, sim.pmcast):
-                self._enqueue(name, message, multicast=True)
+            self._enqueue(name, message, multicast=True)
+
+    def _count_bytes(self, sender: SimDomain, message: Message) -> None:
+        if self.wire_key is None:
+            return
+        size = len(encode(message, key=self.wire_key))
+        sender.bytes_sent += size
+        self.bytes_by_kind[message.kind] = self.bytes_by_kind.get(message.kind, 0) + size
 
     def _enqueue(
         self, target: str, message: Message, *, multicast: bool, port: int | None = None
@@ -161,18 +209,21 @@ class VirtualNetwork:
             return
         self._seq += 1
         delay = self.latency_s + (self.random.uniform(0, self.jitter_s) if self.jitter_s else 0)
-        heapq.heappush(self._queue, _Delivery(self.now + delay, self._seq, target, message,
-                                              multicast, port))
+        heapq.heappush(self._queue, (self.now + delay, self._seq,
+                                     _Delivery(target, message, multicast, port)))
 
     def _deliver_until(self, until: float) -> None:
-        while self._queue and self._queue[0].at <= until:
-            delivery = heapq.heappop(self._queue)
+        while self._queue and self._queue[0][0] <= until:
+            at, _, delivery = heapq.heappop(self._queue)
             sim = self.domains.get(delivery.target)
             # A datagram addressed to a dead process's port is lost, even after a restart.
-            node = sim.node if sim and sim.alive else None
-            if node is None or delivery.port not in (None, node.address.port):
+            if sim is None or not sim.alive or delivery.port not in (None, sim.node.address.port):
                 continue
-            now = max(self.now, delivery.at)
+            node = sim.node
+            # The clock stands at the delivery, so whatever the node sends in answer leaves
+            # then, and a chain of answers pays the latency once per hop.
+            self.now = max(self.now, at)
             self.delivered += 1
-            self._carry(domain=delivery.target,
-                        actions=node.receive(delivery.message, now, multicast=delivery.multicast))
+            sim.messages_received += 1
+            self._carry(domain=delivery.target, actions=node.receive(
+                delivery.message, self.now, multicast=delivery.multicast))

@@ -148,3 +148,20 @@ def test_domains_started_before_their_parents_join_when_they_can() -> None:
     net.run(until=net.now + 20 * HB)
     assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in net.live_nodes())
     _assert_whole(net)
+
+
+def test_a_resplit_travels_down_one_network_latency_per_level() -> None:
+    """The virtual clock stands at each delivery, so what a node sends in answer pays the
+    latency again: news from the root reaches a grandchild two latencies after the root."""
+    latency = 0.01
+    net = VirtualNetwork(config=HierarchyConfig(heartbeat_s=HB), latency_s=latency)
+    for name, parent in (("r.test", None), ("c.r.test", "r.test"), ("g.c.r.test", "c.r.test")):
+        net.add(name, parent=parent, cmcast=f"239.0.0.{name.count('.')}",
+                pmcast=None if parent is None else f"239.0.0.{parent.count('.')}")
+    net.run(until=5 * HB)
+    net.add("s.r.test", parent="r.test", cmcast="239.0.1.1", pmcast="239.0.0.1")  # a sibling
+    net.run(until=net.now + 0.5 * HB)
+    changed = {name: net.domains[name].node.last_change
+               for name in ("r.test", "c.r.test", "g.c.r.test")}
+    assert changed["c.r.test"] - changed["r.test"] == pytest.approx(latency)
+    assert changed["g.c.r.test"] - changed["r.test"] == pytest.approx(2 * latency)
