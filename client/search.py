@@ -44,6 +44,10 @@ class _Unreachable(Exception):
     """The owner did not answer."""
 
 
+class RouteFailed(ClientError):
+    """The home MSD could not reach the owner of a key (502: a hop or the owner is down)."""
+
+
 @dataclasses.dataclass
 class SearchStats:
     """What one search cost: for the latency experiment and for --verbose."""
@@ -130,7 +134,10 @@ class SearchClient:
         for _ in range(2):
             redirect = self.cache.get(keyword, _now_ms())
             if redirect is None or not redirect.covers(key):
-                redirect, answered = await self._probe(key, search=search)
+                try:
+                    redirect, answered = await self._probe(key, search=search)
+                except RouteFailed:
+                    break  # the owner, or the way to it, is down: ask the shadow
                 self.cache.put(keyword, redirect, _now_ms())
                 if answered is not None:
                     return answered  # the owner answered the search with the redirect
@@ -211,8 +218,9 @@ class SearchClient:
                 ) as response:
                     answer: dict[str, Any] = await response.json()
                     if response.status != 200:
-                        raise ClientError(f"{url} answered {response.status}: "
-                                          f"{answer.get('error', answer)}")
+                        failure = RouteFailed if response.status == 502 else ClientError
+                        raise failure(f"{url} answered {response.status}: "
+                                      f"{answer.get('error', answer)}")
                     return answer
             except aiohttp.ServerDisconnectedError:
                 if attempt == 2:  # a stale pooled connection gets one fresh try (reads only)

@@ -49,6 +49,7 @@ class SessionRoutes:
         app.router.add_post("/msd/remote-register", self._guard(self.remote_register))
         app.router.add_post("/msd/probe", self._guard(self.probe))
         app.router.add_post("/msd/reply", self._guard(self.reply))
+        app.router.add_post("/msd/held", self._guard(self.held))
         app.router.add_post("/msd/ext-search", self._guard(self.ext_search))
         app.router.add_get("/msd/local-search", self._guard(self.local_search))
         app.router.add_get("/search", self._guard(self.search))
@@ -193,6 +194,20 @@ class SessionRoutes:
             _keyword(body.get("keyword")), record, shadow=bool(body.get("shadow")),
             origin=str(body.get("origin", ""))[:253], body=_reply_path(body), hops=_hops(body))
         return web.json_response({"accepted": True}, status=202)
+
+    async def held(self, request: web.Request) -> dict[str, Any]:
+        """Another MSD gathers the records of a range it has gained (signed; recovery)."""
+        body = await self._signed_json(request)
+        try:
+            start, end = int(str(body.get("start")), 16), int(str(body.get("end")), 16)
+        except ValueError:
+            raise MsdError("start and end must be keys in hex") from None
+        if not 0 <= start < end <= 2**128:
+            raise MsdError("need 0 <= start < end <= 2**128")
+        shadow = body.get("shadow")
+        if not isinstance(shadow, bool):
+            raise MsdError("shadow must be true or false")
+        return {"held": await self.service().held(start, end, shadow=shadow)}
 
     async def _signed_json(self, request: web.Request) -> dict[str, Any]:
         """The body of a request from another MSD of the hierarchy (403 if not signed)."""

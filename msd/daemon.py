@@ -238,6 +238,8 @@ class MsdDaemon:
                     generation = node.generation
                     await self.sessions.migrate()
                     self._migrated_generation = generation
+                if node is not None:
+                    await self.sessions.recover()
                 if node is not None and self.sessions.unrouted:
                     await self.sessions.retry_unrouted()
                 if time.monotonic() >= next_collect:
@@ -456,6 +458,7 @@ class MsdDaemon:
             "route_failures": self.sessions.route_failures if self.sessions else 0,
             "unrouted_sessions": len(self.sessions.unrouted) if self.sessions else 0,
             "migrated": self.sessions.migrated if self.sessions else 0,
+            "recovered": self.sessions.recovered if self.sessions else 0,
             "control_bytes": control_bytes,
             "control_bytes_per_s": round(control_bytes / uptime, 1),
             "dropped": self.counters.dropped,

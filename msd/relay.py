@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 AUTH_HEADER = "X-Mdns-Auth"
 SEND_TIMEOUT_S = 2.0  # one hop's acknowledgement
-REPLY_TIMEOUT_S = 6.0  # the owner's answer to the origin, however many hops away
+# The owner's answer to the origin, however many hops away; below the clients' own
+# 3 s, so a client hears the MSD's 502 (and turns to the shadow) before it gives up.
+REPLY_TIMEOUT_S = 2.5
 MAX_PENDING = 10_000  # requests of this MSD awaiting their answers
 MAX_TASKS = 10_000  # requests being passed on in the background
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from msd.errors import MsdError
 from msd.hierarchy import Node
-from msd.keyspace import key_of, shadow_of
+from msd.keyspace import SPACE, KeyRange, key_of, shadow_of
 from msd.messages import Peer
 from msd.relay import Delay, Relay, RoutingFailed
 from msd.schema import Scope, SessionRecord
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_HOPS = 64
 MIGRATE_BATCH = 500
+RECOVER_BATCH = 2_000  # records fetched from one counterpart per piece and round
 RETRY_MAX = 10_000  # sessions whose keyword routes await another try (bounded; oldest dropped)
 
 
@@ -60,6 +61,8 @@ class SessionService:
         self.migrated = 0
         # URIs of local sessions with keyword records that could not be routed yet.
         self.unrouted: dict[str, None] = {}
+        self.recovered = 0
+        self._held: KeyRange | None = None  # the range whose records we have gathered
 
     def node(self) -> Node:
         node = self._node()
@@ -259,6 +262,61 @@ class SessionService:
         self.migrated += moved
         return moved
 
+    async def recover(self) -> int:
+        """Gather the records of keys this MSD has just gained, from their counterparts.
+
+        When a domain dies, its range goes to others, and its records with it: a gained
+        key h's records are rebuilt from the shadow copies stored under ~h, and the
+        shadow copies it held (for keys ~h in the gained range) from the primaries under
+        h. Storing is idempotent, so records a live previous holder also migrates here
+        do no harm. Returns how many records were stored; a failed piece is tried again
+        on the next round."""
+        owned = self.node().owned
+        if self._held == owned:
+            return 0
+        stored = 0
+        for start, end in _gained(self._held, owned):
+            for shadow in (False, True):
+                stored += await self._recover_piece(start, end, shadow=shadow)
+        self._held = owned
+        self.recovered += stored
+        return stored
+
+    async def _recover_piece(self, start: int, end: int, *, shadow: bool) -> int:
+        # Records of kind `shadow` with keys in [start, end) have their counterparts (the
+        # other kind) under the inverted keys, which fill [SPACE - end, SPACE - start).
+        key, stop, stored = SPACE - end, SPACE - start, 0
+        while key < stop:
+            answer = await self.probe(key)
+            piece = KeyRange.from_json([answer["start"], answer["end"]])
+            upto = min(piece.end, stop)
+            found: list[tuple[str, SessionRecord, str]]
+            if answer["owner"] == self.domain:
+                held = await self.store.held_between(key, upto, shadow=not shadow,
+                                                     now=self._clock(), limit=RECOVER_BATCH)
+                found = [(h.keyword, h.record, h.origin) for h in held]
+            else:
+                host, _, port = str(answer["address"]).rpartition(":")
+                reply = await self.relay.send(
+                    Peer(domain=str(answer["owner"]), host=host, port=int(port)),
+                    "/msd/held", {"start": f"{key:032x}", "end": f"{upto:032x}",
+                                  "shadow": not shadow})
+                found = [(h["keyword"], parse_record(h["record"]), str(h["origin"]))
+                         for h in reply["held"]]
+            for keyword, record, origin in found:
+                if start <= _key(keyword, shadow=shadow) < end:
+                    await self._store_global(keyword, record, shadow=shadow, origin=origin)
+                    stored += 1
+            key = upto
+        return stored
+
+    async def held(self, start: int, end: int, *, shadow: bool) -> list[dict[str, Any]]:
+        """The records of one kind this MSD holds under keys in [start, end) (for recovery)."""
+        found = await self.store.held_between(start, end, shadow=shadow, now=self._clock(),
+                                              limit=RECOVER_BATCH)
+        return [{"keyword": h.keyword, "record": h.record.model_dump(mode="json"),
+                 "origin": h.origin} for h in found]
+
     # --- plumbing --------------------------------------------------------------------------
 
     def _next(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
@@ -290,6 +348,18 @@ class Search:
 
 def _with_distance(found: NearRecord) -> dict[str, Any]:
     return found.record.model_dump(mode="json") | {"distance_km": round(found.distance_km, 3)}
+
+
+def _gained(before: KeyRange | None, after: KeyRange) -> list[tuple[int, int]]:
+    """The pieces of `after` that were not in `before` (at most two)."""
+    if before is None or before.end <= after.start or after.end <= before.start:
+        return [(after.start, after.end)]
+    pieces = []
+    if after.start < before.start:
+        pieces.append((after.start, before.start))
+    if before.end < after.end:
+        pieces.append((before.end, after.end))
+    return pieces
 
 
 def _key(keyword: str, *, shadow: bool) -> int:

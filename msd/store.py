@@ -296,6 +296,21 @@ class MsdStore:
             rows = (await conn.execute(query)).all()
         return [HeldRecord(r.keyword, bool(r.shadow), _parse(r.body), r.origin) for r in rows]
 
+    async def held_between(
+        self, start: int, end: int, *, shadow: bool, now: float, limit: int
+    ) -> list[HeldRecord]:
+        """Unexpired held records of one kind whose stored key lies in [start, end)."""
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= SPACE):
+            raise StoreError(f"need 0 <= start < end <= 2**128, got {start!r}, {end!r}")
+        inside = [GR.key >= key_hex(start), GR.shadow == shadow, GR.expires_at > now]
+        if end < SPACE:
+            inside.append(GR.key < key_hex(end))
+        query = (sa.select(GR.keyword, GR.shadow, GR.body, GR.origin).where(*inside)
+                 .order_by(GR.key, GR.keyword, GR.uri).limit(_check_limit(limit)))
+        async with self._translate("list records in a range"), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [HeldRecord(r.keyword, bool(r.shadow), _parse(r.body), r.origin) for r in rows]
+
     async def delete_global(self, keyword: str, uri: str, *, shadow: bool) -> bool:
         """Remove one held record (and its geo row if it was the session's last); False if none."""
         match = (GR.keyword == keyword, GR.uri == uri, GR.shadow == shadow)

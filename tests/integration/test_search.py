@@ -13,6 +13,7 @@ import pytest
 
 from client.register import register_everywhere
 from client.search import SearchClient
+from client.status import summary
 from msd.keyspace import key_of
 from tests.integration.test_msd_tree import _settled, _start, _statuses, _wait
 from vdns.harness import Hierarchy
@@ -154,3 +155,42 @@ async def test_near_returns_exactly_the_sessions_within_the_radius(scenario3: Hi
             answer = await response.json()
         assert {s["uri"] for s in answer["sessions"]} == inside
         assert all(0 <= s["distance_km"] <= 50 for s in answer["sessions"])
+
+
+async def test_the_domain_that_takes_over_a_dead_owners_range_recovers_its_records(
+    scenario3: Hierarchy,
+) -> None:
+    """A dead owner's range goes to another domain, which rebuilds the records from the
+    shadows: a cold search finds them at the new owner, without asking the shadow."""
+    dns = scenario3.root.dns_address
+    domains = sorted(scenario3.domains)
+    root = min(domains, key=lambda d: d.count("."))
+    async with aiohttp.ClientSession() as http:
+        session = _session(2, "blues") | {"keywords": [f"blues{i}" for i in range(10)]}
+        registered = await register_everywhere(http, domain=domains[0], session=session,
+                                               dns_server=dns, wait=True)
+        owners = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if not r["shadow"]}
+        shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
+        word, owner = next((w, o) for w, o in owners.items()
+                           if o not in (domains[0], domains[-1], shadows[w], root))
+        msds = scenario3.domains[owner].msds
+        assert msds is not None
+        await msds.kill()
+
+        def repaired(found: list[dict[str, Any]]) -> bool:
+            return (len(found) == 9 and all(s.get("state") != "joining" for s in found)
+                    and [s["count"] for s in found if s.get("state") == "root"] == [9]
+                    and not summary(found, keys=0)["tiling_problems"])
+
+        await _wait(scenario3, repaired, timeout=30)
+        for _ in range(100):
+            client = SearchClient(home=domains[-1], dns_server=dns, http=http)
+            hits = await client.search(word)
+            if [h.session.uri for h in hits] == [registered[0].uri]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{word} not found after its owner {owner} died")
+        assert client.stats.shadow_used == 0  # the new owner had it
+        statuses = await _statuses(scenario3)
+        assert sum(s.get("recovered", 0) for s in statuses) >= 1
