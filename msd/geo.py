@@ -192,9 +192,12 @@ def subcell_of(lat: float, lon: float, *, k: int = K, depth: int = DEPTH) -> Sub
     n = _check_tree(k, depth)
     la, lo = check_point(lat, lon)
     row, col = _row(la), _col(lo)
-    # Clamped: lat 90 (top row), lon 180 (column 0) and a last-bit rounding across a cell edge.
-    fy = min(n - 1, max(0, math.floor((la - (row - 90)) * n)))
-    fx = min(n - 1, max(0, math.floor(((-180.0 if lo == 180.0 else lo) - (col - 180)) * n)))
+    # The offsets inside the cell come from the very sums that chose the cell, so a
+    # longitude that rounds up to 180 (lon + 180 == 360.0) sits at column 0's west edge,
+    # as lon = 180 does. Clamped: lat 90 joins the top row.
+    y, x = la + 90.0, lo + 180.0
+    fy = min(n - 1, max(0, math.floor((y - row) * n)))
+    fx = min(n - 1, max(0, math.floor((x - math.floor(x)) * n)))
     digits = []
     for level in range(depth - 1, -1, -1):
         step = k**level

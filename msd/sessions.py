@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_HOPS = 64
 MIGRATE_BATCH = 500
+ORIGIN_RETRY_S = 1.0  # a failed routed request is routed afresh for this long
+ORIGIN_RETRY_PAUSE_S = 0.1
 RECOVER_BATCH = 2_000  # records fetched from one counterpart per piece and round
 RETRY_MAX = 10_000  # sessions whose keyword routes await another try (bounded; oldest dropped)
 
@@ -132,14 +134,13 @@ class SessionService:
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
     ) -> str:
         """Store the keyword record here if we own its key, else route it; the owner's name."""
-        peer = self._next(_key(keyword, shadow=shadow), hops=())
-        if peer is None:
-            await self._store_global(keyword, record, shadow=shadow, origin=origin)
-            return self.domain
-        self.routed += 1
         body = {"keyword": keyword, "shadow": shadow, "origin": origin,
                 "record": record.model_dump(mode="json"), "hops": [self.domain]}
-        answer = await self.relay.originate(peer, "/msd/remote-register", body)
+        answer = await self._originate(_key(keyword, shadow=shadow), "/msd/remote-register",
+                                       body)
+        if answer is None:
+            await self._store_global(keyword, record, shadow=shadow, origin=origin)
+            return self.domain
         return str(answer["owner"])
 
     def relay_remote_register(
@@ -176,14 +177,13 @@ class SessionService:
 
         With `search` the owner also answers what an ext-search would, saving the client a
         round trip to a remote owner when its cache is cold."""
-        peer = self._next(key, hops=())
-        if peer is None:
-            return await self._owner_answer(key, hops=(), search=search)
-        self.routed += 1
         body: dict[str, Any] = {"key": f"{key:032x}", "hops": [self.domain]}
         if search is not None:
             body |= search.to_json()
-        return await self.relay.originate(peer, "/msd/probe", body)
+        answer = await self._originate(key, "/msd/probe", body)
+        if answer is None:
+            return await self._owner_answer(key, hops=(), search=search)
+        return answer
 
     def relay_probe(
         self, key: int, *, search: Search | None, body: dict[str, Any], hops: tuple[str, ...],
@@ -318,6 +318,30 @@ class SessionService:
                  "origin": h.origin} for h in found]
 
     # --- plumbing --------------------------------------------------------------------------
+
+    async def _originate(
+        self, key: int, path: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Route a request from here to the owner of `key`: its answer, or None if we own it.
+
+        While the tree re-splits, two neighbours may briefly disagree about a key (a
+        routing loop, a hop with no route yet) and a dead hop is routed around within a
+        few heartbeats: a failure is tried again, freshly routed, for up to
+        ORIGIN_RETRY_S, then reported."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORIGIN_RETRY_S
+        while True:
+            peer = self._next(key, hops=())
+            if peer is None:
+                return None
+            self.routed += 1
+            try:
+                return await self.relay.originate(peer, path, body)
+            except RoutingFailed as exc:
+                if loop.time() + ORIGIN_RETRY_PAUSE_S >= deadline:
+                    raise
+                log.debug("%s of %032x failed, routing it afresh: %s", path, key, exc)
+                await asyncio.sleep(ORIGIN_RETRY_PAUSE_S)
 
     def _next(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
         if len(hops) >= MAX_HOPS:

@@ -217,6 +217,7 @@ def test_split_rejects_a_range_too_small() -> None:
         msb_split(KeyRange(0, 3), [1, 1, 1])  # four blocks need four keys
 
 
+@pytest.mark.timeout(300)  # about 10 s alone; minutes on a busy 2-core machine
 def test_flat_split_skew_for_every_n_up_to_10000() -> None:
     """The issue's bound, for every N: N domains of one key-space share each get 1/N
     within 1e-6 (in fact within one key, 2**-128). `split` is `split_bounds` plus
