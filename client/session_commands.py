@@ -25,7 +25,7 @@ from msd.matching import Hit
 from msd.query import GRAMMAR
 from msd.schema import Session, SessionRecord, field_errors
 from urs.locate import parse_dns_server
-from urs.playlist import m3u_playlist, stream_url
+from urs.playlist import m3u_playlist, player_argv
 
 LIST_FIELDS = {"keywords"}
 NUMBER_FIELDS = {"port": int, "fallback_port": int, "ttl": int, "lat": float, "lon": float}
@@ -214,8 +214,8 @@ async def _open(args: argparse.Namespace, *, out: TextIO) -> int:
     dns_server = parse_dns_server(args.dns) if args.dns else None
     resolved = await resolve(parse_uri(args.uri), dns_server=dns_server)
     record = resolved.record
-    player = record.application or "ffplay"
-    command = [player, *shlex.split(record.cli_args or ""), stream_url(record)]
+    command = player_argv(record)
+    player = command[0]
     if args.print_only or shutil.which(player) is None:
         print(shlex.join(command), file=out)
         if not args.print_only:

@@ -32,9 +32,10 @@ from urs.errors import (
 from urs.indexing import INDEXED_HEADER, MsdIndexer
 from urs.metrics import UrsMetrics
 from urs.negotiate import negotiate
-from urs.pages import CONTENT_SECURITY_POLICY, render_landing, render_not_found
+from urs.pages import CONTENT_SECURITY_POLICY, render_landing, render_not_found, render_search
 from urs.playlist import m3u_playlist
 from urs.sdp import session_sdp
+from urs.search import BadQuery, SearchUnavailable, UrsSearch, Where
 from urs.settings import UrsSettings
 from urs.store import SessionStore, session_uri
 
@@ -47,6 +48,7 @@ M3U = "audio/x-mpegurl"
 # What GET /<id> can answer, in the order that wins a tie (JSON for programs by default).
 RECORD_OFFERS = (JSON, SDP, HTML)
 FORMATS = {"json": JSON, "sdp": SDP, "html": HTML, "m3u": M3U}
+SEARCH_FORMATS = ("html", "json", "m3u")
 TOKEN_MAX_CHARS = 256
 MSD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LIST_LIMIT_DEFAULT = 100
@@ -66,6 +68,7 @@ class UrsContext:
     store_: SessionStore | None = None
     bootstrap_: BootstrapService | None = None
     indexer_: MsdIndexer | None = None
+    search_: UrsSearch | None = None
 
     @property
     def store(self) -> SessionStore:
@@ -84,6 +87,12 @@ class UrsContext:
         if self.indexer_ is None:
             raise UrsError("the URS has not started: it cannot reach its MSD yet")
         return self.indexer_
+
+    @property
+    def search(self) -> UrsSearch:
+        if self.search_ is None:
+            raise UrsError("the URS has not started: it cannot search yet")
+        return self.search_
 
 
 CONTEXT = web.AppKey("urs_context", UrsContext)
@@ -117,6 +126,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/bootstrap/designated", designated_get)
     app.router.add_put("/bootstrap/designated", designated_put)
     app.router.add_put("/bootstrap/msds/{msd_id}", member_put)
+    app.router.add_get("/search", search)  # before /{id}: "search" is a reserved id
     app.router.add_get("/{id}", resolve)
     app.router.add_put("/{id}", replace)
 
@@ -235,6 +245,59 @@ async def resolve(request: web.Request) -> web.Response:
         )
         return web.Response(text=page, content_type=HTML, headers=headers | _html_headers())
     return web.json_response(_record_json(record), headers=headers)
+
+
+async def search(request: web.Request) -> web.Response:
+    """GET /search?q=<query>&in=all|domain[&format=html|json|m3u]: the search page.
+
+    `in=domain` searches this domain's sessions in the URS's own store; `in=all` (the
+    default) the whole directory through the designated MSD's one-call search."""
+    context = request.app[CONTEXT]
+    domain = context.settings.domain
+    text = request.query.get("q", "")
+    where_text = request.query.get("in", Where.ALL.value)
+    fmt = request.query.get("format", "html").lower()
+    if fmt not in SEARCH_FORMATS:
+        raise RequestRejected(400, [FieldError(field="format", message=(
+            f"format must be one of {', '.join(SEARCH_FORMATS)}"))], reason="bad_format")
+    if where_text not in {w.value for w in Where}:
+        raise RequestRejected(400, [FieldError(field="in", message=(
+            "in must be all (the whole directory) or domain (this domain's sessions)"))],
+            reason="invalid")
+    where = Where(where_text)
+    headers = {"Cache-Control": "no-cache"}
+    if not text.strip():
+        if fmt == "html":  # the empty form, with the query language
+            page = render_search(domain=domain, query=text, where=where)
+            return web.Response(text=page, content_type=HTML, headers=headers | _html_headers())
+        raise RequestRejected(400, [FieldError(field="q", message=(
+            "give a query, e.g. q=jazz"))], reason="invalid")
+    status, field, error = 200, "", ""
+    try:
+        outcome = await context.search.search(text, where=where)
+    except BadQuery as exc:
+        status, field, error = 400, "q", str(exc)
+    except SearchUnavailable as exc:
+        status, field, error = 503, "in", str(exc)
+    outcome_label = {200: "ok", 400: "bad_query", 503: "unavailable"}[status]
+    context.metrics.searches.labels(where=where.value, outcome=outcome_label).inc()
+    if fmt == "html":
+        if status != 200:
+            page = render_search(domain=domain, query=text, where=where, error=error)
+        else:
+            page = render_search(domain=domain, query=text, where=where,
+                                 results=outcome.results, found=outcome.found)
+        return web.Response(text=page, status=status, content_type=HTML,
+                            headers=headers | _html_headers())
+    if status != 200:
+        return _error(status, field=field, message=error)
+    if fmt == "m3u":
+        headers["Content-Disposition"] = 'attachment; filename="mdns-search.m3u"'
+        playlist = m3u_playlist((r.session for r in outcome.results), with_uri=True)
+        return web.Response(text=playlist, content_type=M3U, headers=headers)
+    return web.json_response(
+        {"query": text, "in": where.value, "domain": domain, "found": outcome.found,
+         "sessions": [r.to_json() for r in outcome.results]}, headers=headers)
 
 
 async def replace(request: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ from urs.bootstrap import BootstrapService, ParentLocator
 from urs.errors import StoreError
 from urs.indexing import MsdIndexer
 from urs.metrics import UrsMetrics
+from urs.search import UrsSearch
 from urs.settings import UrsSettings
 from urs.store import SessionStore
 
@@ -122,6 +123,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             )
             context.indexer_ = MsdIndexer(settings, store=store, clock=context.clock,
                                           http=http)
+            context.search_ = UrsSearch(settings, store=store, indexer=context.indexer_,
+                                        http=http, clock=context.clock)
             purge = asyncio.create_task(_purge_loop(app), name=f"urs-purge {settings.domain}")
             try:
                 yield
@@ -129,6 +132,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await _cancel(purge)
                 context.bootstrap_ = None
                 context.indexer_ = None
+                context.search_ = None
                 context.store_ = None
     finally:
         await store.close()

@@ -55,6 +55,14 @@ class UrsMetrics:
             registry=self.registry,
         )
 
+        self.searches = Counter(
+            "urs_searches",
+            "Searches from the search page, by where (domain, all) and outcome "
+            "(ok, bad_query, unavailable)",
+            ["where", "outcome"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)

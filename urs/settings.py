@@ -44,6 +44,10 @@ class UrsSettings:
     multicast_mode: MulticastMode = MulticastMode.ASM
     parent_domain: str | None = None
     parent_dns: tuple[str, int] | None = None
+    # The DNS server asked for other domains' URSes, so the search page links each result to
+    # its landing page; None: link to http://mcast.<domain>/<id> (the well-known port 80)
+    # without asking anyone.
+    dns_server: tuple[str, int] | None = None
     # Shared secret of the domain's MSDs for PUT /bootstrap/designated; None disables it.
     msd_key: str | None = dataclasses.field(default=None, repr=False)
     # Where serve() binds when it is not handed a socket.
@@ -69,6 +73,11 @@ class UrsSettings:
             host, port = self.parent_dns
             _check_port(port, what="parent_dns port")
             object.__setattr__(self, "parent_dns", (host, port))
+        if self.dns_server is not None:
+            host, port = self.dns_server
+            _check_port(port, what="dns_server port")
+            _check_address(host, what="dns_server address")
+            object.__setattr__(self, "dns_server", (host, port))
         if (self.parent_domain is None) != (self.parent_dns is None):
             raise SettingsError("parent_domain and parent_dns go together (both None at the root)")
         if not 0 <= self.port <= 65535:
@@ -115,6 +124,8 @@ class UrsSettings:
             multicast_mode=_mode(multicast_mode),
             parent_domain=config.parent_domain,
             parent_dns=parent_dns,
+            # A simulated domain's own DNS server, which forwards along the hierarchy.
+            dns_server=("127.0.0.1", config.self_port),
             msd_key=msd_key,
             host=config.urs_ip,
             port=config.urs_port,

@@ -12,7 +12,8 @@ import dataclasses
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -27,7 +28,9 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -43,6 +46,9 @@ from urs.errors import (
     TokenRejectedError,
 )
 
+# A keyword the stored JSON writes as itself between quotes (no escapes): only those can
+# narrow a search in SQL; any other keyword makes the search read every unexpired row.
+_PLAIN_KEYWORD = re.compile(r'[^"\\\x00-\x1f\x7f]+')
 MEMBERS_MAX = 64  # MSD daemons listed per domain (entries expire; listing is bounded)
 
 metadata = MetaData()
@@ -209,6 +215,30 @@ class SessionStore:
             .limit(limit)
         )
         async with self._translate("list"), self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(domain, r.body, updated_at=r.updated_at, expires_at=r.expires_at)
+                for r in rows]
+
+    async def mentioning(
+        self, domain: str, keywords: Sequence[str], *, now: float, limit: int
+    ) -> list[SessionRecord]:
+        """Unexpired sessions whose stored JSON holds one of `keywords` as a quoted string,
+        in id order, at most `limit`: a superset of the sessions carrying one of them (a
+        title may equal a keyword), so the caller evaluates the query on each record."""
+        if keywords and all(_PLAIN_KEYWORD.fullmatch(k) for k in keywords):
+            # LIKE '%"jazz"%' (wildcards in the keyword escaped): the row's own keyword list
+            # matches exactly, whatever the database's LIKE does with case.
+            mentions = or_(*(sessions.c.body.contains(json.dumps(k, ensure_ascii=False),
+                                                      autoescape=True) for k in keywords))
+        else:
+            mentions = true()
+        query = (
+            select(sessions.c.body, sessions.c.updated_at, sessions.c.expires_at)
+            .where(sessions.c.domain == domain, sessions.c.expires_at > now, mentions)
+            .order_by(sessions.c.id)
+            .limit(limit)
+        )
+        async with self._translate("search"), self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_record(domain, r.body, updated_at=r.updated_at, expires_at=r.expires_at)
                 for r in rows]

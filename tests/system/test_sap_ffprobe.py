@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -48,19 +47,6 @@ for _ in range(40):
     s.sendto(data, (group, port))
     time.sleep(0.25)
 """
-
-
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"mdnssap{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", name, "route", "add", "224.0.0.0/4", "dev", "lo"],
-                       check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture

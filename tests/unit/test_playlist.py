@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from msd.schema import SessionRecord
-from urs.playlist import m3u_playlist, stream_url
+from urs.playlist import amt_url, m3u_playlist, player_argv, stream_url
 
 BASE: dict[str, Any] = {
     "id": "jazz", "title": "Jazz night", "keywords": ["jazz"], "group": "239.1.2.3",
@@ -32,6 +32,29 @@ def record(**changes: Any) -> SessionRecord:
 ])
 def test_stream_url(changes: dict[str, Any], url: str) -> None:
     assert stream_url(record(**changes)) == url
+
+
+@pytest.mark.parametrize(("changes", "url"), [
+    ({}, None),
+    ({"source": "192.0.2.10"}, None),  # ASM: AMT relays only source-specific joins
+    ({"network": "ssm", "source": "192.0.2.10", "group": "232.1.1.1"},
+     "amt://192.0.2.10@232.1.1.1:5004"),
+    ({"network": "ssm", "source": "2001:db8::5", "group": "ff3e::8000:1"},
+     "amt://[2001:db8::5]@[ff3e::8000:1]:5004"),
+])
+def test_amt_url_only_for_ssm(changes: dict[str, Any], url: str | None) -> None:
+    assert amt_url(record(**changes)) == url
+
+
+@pytest.mark.parametrize(("changes", "argv"), [
+    ({}, ["ffplay", "rtp://@239.1.2.3:5004"]),  # no application: ffplay, as mdns open
+    ({"application": "vlc", "cli_args": "--network-caching=500 --meta-title='Jazz night'"},
+     ["vlc", "--network-caching=500", "--meta-title=Jazz night", "rtp://@239.1.2.3:5004"]),
+    ({"application": "mpv", "cli_args": "--title='unbalanced"},  # words, not shell syntax
+     ["mpv", "--title='unbalanced", "rtp://@239.1.2.3:5004"]),
+])
+def test_player_argv(changes: dict[str, Any], argv: list[str]) -> None:
+    assert player_argv(record(**changes)) == argv
 
 
 def test_playlist_of_several_sessions() -> None:
