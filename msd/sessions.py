@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -149,20 +149,12 @@ class SessionService:
     ) -> None:
         """A routed remote-register reached us: store it if ours, else pass it on."""
 
-        async def handle() -> None:
-            try:
-                peer = self._next(_key(keyword, shadow=shadow), hops=hops)
-                if peer is None:
-                    await self._store_global(keyword, record, shadow=shadow, origin=origin)
-                    await self.relay.answer(body, result={"owner": self.domain})
-                    return
-            except MsdError as exc:
-                await self.relay.answer(body, error=f"{self.domain}: {exc}")
-                return
-            self.routed += 1
-            self.relay.pass_on(peer, "/msd/remote-register", body | {"hops": [*hops, self.domain]})
+        async def store() -> dict[str, Any]:
+            await self._store_global(keyword, record, shadow=shadow, origin=origin)
+            return {"owner": self.domain}
 
-        self.relay.spawn(handle(), name=f"remote-register {keyword}")
+        self._relay(_key(keyword, shadow=shadow), "/msd/remote-register", body=body,
+                    hops=hops, at_owner=store)
 
     async def _store_global(
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
@@ -190,20 +182,31 @@ class SessionService:
     ) -> None:
         """A routed msd-probe reached us: answer its origin if we own the key, else pass it on."""
 
+        async def answer() -> dict[str, Any]:
+            return await self._owner_answer(key, hops=hops, search=search)
+
+        self._relay(key, "/msd/probe", body=body, hops=hops, at_owner=answer)
+
+    def _relay(
+        self, key: int, path: str, *, body: dict[str, Any], hops: tuple[str, ...],
+        at_owner: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> None:
+        """In the background: answer the origin if we own `key`, else pass the request on;
+        a failure here goes to the origin as the error."""
+
         async def handle() -> None:
             try:
                 peer = self._next(key, hops=hops)
                 if peer is None:
-                    answer = await self._owner_answer(key, hops=hops, search=search)
-                    await self.relay.answer(body, result=answer)
+                    await self.relay.answer(body, result=await at_owner())
                     return
             except MsdError as exc:
                 await self.relay.answer(body, error=f"{self.domain}: {exc}")
                 return
             self.routed += 1
-            self.relay.pass_on(peer, "/msd/probe", body | {"hops": [*hops, self.domain]})
+            self.relay.pass_on(peer, path, body | {"hops": [*hops, self.domain]})
 
-        self.relay.spawn(handle(), name=f"msd-probe {key:032x}")
+        self.relay.spawn(handle(), name=f"{path} {key:032x}")
 
     async def _owner_answer(
         self, key: int, *, hops: tuple[str, ...], search: Search | None

@@ -4,28 +4,17 @@ one-call registration through the URS; forged or unsigned requests refused, noth
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from client.search import SearchClient
 from msd.keyspace import KeyRange, key_of
 from msd.relay import AUTH_HEADER, sign
-from tests.integration.test_msd_tree import _settled, _start, _statuses, _wait
+from tests.integration.test_msd_tree import _statuses
 from vdns.harness import Hierarchy
 
 ROOT = "level0.testdomain.info"
-
-
-@pytest.fixture
-async def chain(tmp_path: Path) -> AsyncIterator[Hierarchy]:
-    hierarchy = await _start(tmp_path, "scenario3")
-    await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)
-    yield hierarchy
-    await hierarchy.close()
 
 
 def _by_name(statuses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -47,13 +36,13 @@ def _session(keyword: str) -> dict[str, Any]:
 
 
 async def test_registration_is_one_call_and_the_domain_indexes_it_before_answering(
-    chain: Hierarchy,
+    scenario3: Hierarchy,
 ) -> None:
-    statuses = _by_name(await _statuses(chain))
+    statuses = _by_name(await _statuses(scenario3))
     home = _deepest(list(statuses.values()))
     keyword = _keyword_owned_by(statuses[ROOT])  # nine hops up the chain
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{chain.domains[home].urs_url}/sessions",
+        async with http.post(f"{scenario3.domains[home].urs_url}/sessions",
                              json=_session(keyword)) as response:
             assert response.status == 201
             answer = await response.json()
@@ -62,7 +51,7 @@ async def test_registration_is_one_call_and_the_domain_indexes_it_before_answeri
         async with http.get(f"{msd}/msd/local-search", params={"keyword": keyword}) as response:
             local = await response.json()
         assert [s["uri"] for s in local["sessions"]] == [answer["uri"]]
-        client = SearchClient(home=home, dns_server=chain.root.dns_address, http=http)
+        client = SearchClient(home=home, dns_server=scenario3.root.dns_address, http=http)
         await client.home_msd()
         for _ in range(200):  # the keyword record travels to the root meanwhile
             if [h.session.uri for h in await client.search(f"{keyword} scope:global")]:
@@ -72,9 +61,9 @@ async def test_registration_is_one_call_and_the_domain_indexes_it_before_answeri
 
 
 async def test_a_probe_travels_up_the_chain_and_the_owner_answers_the_origin(
-    chain: Hierarchy,
+    scenario3: Hierarchy,
 ) -> None:
-    statuses = _by_name(await _statuses(chain))
+    statuses = _by_name(await _statuses(scenario3))
     home = _deepest(list(statuses.values()))
     keyword = _keyword_owned_by(statuses[ROOT])
     async with aiohttp.ClientSession() as http:
@@ -86,19 +75,19 @@ async def test_a_probe_travels_up_the_chain_and_the_owner_answers_the_origin(
     assert answer["owner"] == ROOT
     assert answer["address"] == statuses[ROOT]["designated"]
     assert answer["hops"] == 9  # passed on by every domain below the root
-    after = _by_name(await _statuses(chain))
+    after = _by_name(await _statuses(scenario3))
     # Each domain on the way passed it on once; none of them waited for the answer.
     assert all(after[name]["routed_requests"] >= 1 for name in after if name != ROOT)
 
 
 async def test_a_dead_hop_is_reported_to_the_origin_by_the_hop_before_it(
-    chain: Hierarchy,
+    scenario3: Hierarchy,
 ) -> None:
-    statuses = _by_name(await _statuses(chain))
+    statuses = _by_name(await _statuses(scenario3))
     home = _deepest(list(statuses.values()))
     keyword = _keyword_owned_by(statuses[ROOT])
     middle = statuses[ROOT]["children"][0]  # the root's only child in the chain
-    msds = chain.domains[middle].msds
+    msds = scenario3.domains[middle].msds
     assert msds is not None
     await msds.kill()
     async with aiohttp.ClientSession() as http:
@@ -114,9 +103,9 @@ async def test_a_dead_hop_is_reported_to_the_origin_by_the_hop_before_it(
 
 
 async def test_forged_routed_requests_and_replies_are_refused_and_store_nothing(
-    chain: Hierarchy,
+    scenario3: Hierarchy,
 ) -> None:
-    statuses = _by_name(await _statuses(chain))
+    statuses = _by_name(await _statuses(scenario3))
     keyword = _keyword_owned_by(statuses[ROOT])
     owner = f"http://{statuses[ROOT]['designated']}"
     record = {"uri": f"mcast.{ROOT}/forged", "domain": ROOT, "id": "forged", "title": "Forged",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,27 @@ from client.register import register_everywhere
 from client.search import SearchClient
 from client.status import summary
 from msd.keyspace import key_of
-from tests.integration.test_msd_tree import _settled, _start, _statuses, _wait
+from tests.integration.test_msd_tree import _settled, _statuses, _wait
 from vdns.harness import Hierarchy
 
 KEYWORDS = Path(__file__).resolve().parents[2] / "configs" / "latency-keywords.txt"
 
 
-@pytest.fixture
-async def scenario3(tmp_path: Path) -> AsyncIterator[Hierarchy]:
-    hierarchy = await _start(tmp_path, "scenario3")
-    await _wait(hierarchy, lambda s: _settled(s, expected=10), timeout=30)
-    yield hierarchy
-    await hierarchy.close()
+async def _register_away(
+    http: aiohttp.ClientSession, hierarchy: Hierarchy, session: dict[str, Any], *,
+    avoid: tuple[str, ...],
+) -> tuple[Any, str, str]:
+    """Register a session with ten keywords at the first domain; one keyword whose owner
+    is none of `avoid` and not its own shadow's owner, and that owner."""
+    keyword = session["keywords"][0]
+    session = session | {"keywords": [f"{keyword}{i}" for i in range(10)]}
+    registered = await register_everywhere(http, domain=sorted(hierarchy.domains)[0],
+                                           session=session,
+                                           dns_server=hierarchy.root.dns_address, wait=True)
+    owners = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if not r["shadow"]}
+    shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
+    word, owner = next((w, o) for w, o in owners.items() if o not in (*avoid, shadows[w]))
+    return registered, word, owner
 
 
 def _session(number: int, keyword: str, *, scope: str = "global") -> dict[str, Any]:
@@ -71,14 +79,8 @@ async def test_the_shadow_answers_when_the_owner_is_dead(scenario3: Hierarchy) -
     dns = scenario3.root.dns_address
     domains = sorted(scenario3.domains)
     async with aiohttp.ClientSession() as http:
-        session = _session(1, "jazz") | {"keywords": [f"jazz{i}" for i in range(10)]}
-        registered = await register_everywhere(http, domain=domains[0], session=session,
-                                               dns_server=dns, wait=True)
-        owners = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if not r["shadow"]}
-        shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
-        # A keyword whose owner is neither the registering, the searching nor its shadow domain.
-        word, owner = next((w, o) for w, o in owners.items()
-                           if o not in (domains[0], domains[-1], shadows[w]))
+        registered, word, owner = await _register_away(
+            http, scenario3, _session(1, "jazz"), avoid=(domains[0], domains[-1]))
         client = SearchClient(home=domains[-1], dns_server=dns, http=http)
         first = await client.search(word)
         assert [h.session.uri for h in first] == [registered[0].uri]
@@ -166,13 +168,8 @@ async def test_the_domain_that_takes_over_a_dead_owners_range_recovers_its_recor
     domains = sorted(scenario3.domains)
     root = min(domains, key=lambda d: d.count("."))
     async with aiohttp.ClientSession() as http:
-        session = _session(2, "blues") | {"keywords": [f"blues{i}" for i in range(10)]}
-        registered = await register_everywhere(http, domain=domains[0], session=session,
-                                               dns_server=dns, wait=True)
-        owners = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if not r["shadow"]}
-        shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
-        word, owner = next((w, o) for w, o in owners.items()
-                           if o not in (domains[0], domains[-1], shadows[w], root))
+        registered, word, owner = await _register_away(
+            http, scenario3, _session(2, "blues"), avoid=(domains[0], domains[-1], root))
         msds = scenario3.domains[owner].msds
         assert msds is not None
         await msds.kill()
