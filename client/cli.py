@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import TextIO
 
 from client.errors import ClientError
+from client.ops_commands import COMMANDS as OPS_COMMANDS
+from client.ops_commands import add_parsers as add_ops_parsers
+from client.ops_commands import run as run_ops_command
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.sap_commands import add_parsers as add_sap_parsers
 from client.sap_commands import run as run_sap_command
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tree_options(msd_cmd)
     add_session_parsers(commands)
     add_sap_parsers(commands)
+    add_ops_parsers(commands)
 
     experiment = commands.add_parser("experiment", help="the dissertation's experiments")
     experiments = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT",
@@ -236,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_session_command(args, out=sys.stdout)
         if args.command == "sap":
             return run_sap_command(args, out=sys.stdout)
+        if args.command in OPS_COMMANDS:
+            return run_ops_command(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:

@@ -1,0 +1,83 @@
+"""The operator's commands: `mdns db` (schema migrations), `mdns zone export`, and the single
+servers `mdns urs` and `mdns dns` that the systemd units run (docs/deploy.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any, TextIO
+
+from client.errors import ClientError
+from msd.database import DatabaseError, open_engine
+from msd.migrate import MigrationError, Schema, current, upgrade
+
+SCHEMAS = ("urs", "msd")
+COMMANDS = ("db",)  # what cli.main hands to run()
+
+
+def add_parsers(commands: Any) -> None:
+    db = commands.add_parser(
+        "db", help="the URS and MSD database schemas: show or upgrade their revision",
+        description="Every URS and MSD upgrades its database to the newest schema revision "
+                    "when it starts, under a lock, so processes starting together are safe. "
+                    "These commands do it by hand, e.g. before a rolling restart "
+                    "(docs/deploy.md, Upgrades).")
+    actions = db.add_subparsers(dest="db_action", metavar="ACTION", required=True)
+    for name, text in (("current", "print each schema's revision in the database"),
+                       ("upgrade", "upgrade each schema to the newest revision (or --revision)")):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--database", required=True, metavar="URL",
+                            help="an SQLAlchemy async URL, e.g. sqlite+aiosqlite:////var/lib/"
+                                 "mdns/urs.sqlite or postgresql+asyncpg://mdns@db/mdns")
+        action.add_argument("--schema", choices=(*SCHEMAS, "all"), default="all",
+                            help="which store's tables (default: all; the URS and MSD "
+                                 "schemas may share one database)")
+        if name == "upgrade":
+            action.add_argument("--revision", default="head",
+                                help="the revision to reach (default head)")
+
+
+def run(args: argparse.Namespace, *, out: TextIO) -> int:
+    if args.command == "db":
+        return asyncio.run(_db(args, out=out))
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def schemas(name: str) -> list[Schema]:
+    """The schemas a `--schema` choice names (imported late: each pulls in its store)."""
+    from msd.store import SCHEMA as MSD_SCHEMA
+    from urs.store import SCHEMA as URS_SCHEMA
+
+    chosen = {"urs": [URS_SCHEMA], "msd": [MSD_SCHEMA]}
+    return chosen.get(name, [URS_SCHEMA, MSD_SCHEMA])
+
+
+async def _db(args: argparse.Namespace, *, out: TextIO) -> int:
+    try:
+        engine = open_engine(args.database, synchronous="FULL")
+    except DatabaseError as exc:
+        raise ClientError(str(exc)) from None
+    try:
+        for schema in schemas(args.schema):
+            head = ", ".join(schema.heads())
+            try:
+                if args.db_action == "upgrade":
+                    before = await current(engine, schema)
+                    after = await upgrade(engine, schema, revision=args.revision)
+                    change = "unchanged" if before == after else f"from {before or 'nothing'}"
+                    print(f"{schema.name}: {after} ({change}; head {head})", file=out)
+                else:
+                    revision = await current(engine, schema)
+                    state = "head" if revision == head else f"head is {head}"
+                    print(f"{schema.name}: {revision or 'none'} ({state})", file=out)
+            except (MigrationError, OSError) as exc:
+                raise ClientError(f"{schema.name} schema: {exc}") from None
+            except Exception as exc:  # the driver's own errors: one line, not a traceback
+                if type(exc).__module__.startswith(("sqlalchemy", "asyncpg", "sqlite3")):
+                    raise ClientError(f"{schema.name} schema: {type(exc).__name__}: {exc}") \
+                        from None
+                raise
+    finally:
+        await engine.dispose()
+    return 0
+

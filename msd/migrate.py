@@ -1,0 +1,147 @@
+"""Schema migrations for both stores (Alembic): upgrade to the newest revision, under a lock.
+
+Every store brings its database to `head` when it opens, so a new release upgrades the
+schema on its first start; `mdns db upgrade` does the same by hand and `mdns db current`
+shows where a database is (docs/deploy.md). Several processes may open one database at
+once (a domain's MSDs, replicated URSes): the first takes a lock and migrates, the
+others wait for it and then find nothing to do. On PostgreSQL the lock is an advisory
+lock held by the migration's own transaction (DDL is transactional there); on SQLite,
+whose users all live on one host, an exclusive `flock` on a file beside the database.
+
+The URS and the MSD schemas are separate Alembic trees with their own version tables
+(`mdns_urs_version`, `mdns_msd_version`), so both may live in one PostgreSQL database.
+A database made before Alembic (tables, no version table) is stamped with the baseline
+revision, whose tables are exactly what was created then, and upgraded from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+MIGRATION_LOCK = 0x6D646E73  # "mdns": the PostgreSQL advisory lock key migrations hold
+LOCK_WAIT_S = 60.0  # how long an opener waits for another process's migration to finish
+LOCK_POLL_S = 0.05
+SQLITE_LOCK_SUFFIX = ".migrate-lock"
+
+
+class MigrationError(Exception):
+    """The schema could not be migrated; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Schema:
+    """One store's tables and the Alembic tree that makes them."""
+
+    name: str  # "msd" or "urs"
+    metadata: sa.MetaData
+    migrations: Path  # the folder with env.py and versions/
+    baseline: str  # the revision equal to the tables made before Alembic
+    marker_table: str  # a baseline table: present without a version table → stamp baseline
+
+    @property
+    def version_table(self) -> str:
+        return f"mdns_{self.name}_version"
+
+    def config(self, connection: sa.Connection | None = None) -> Config:
+        """An Alembic config for this tree (no ini file), handing over `connection`."""
+        config = Config()
+        config.set_main_option("script_location", str(self.migrations))
+        config.attributes["schema"] = self
+        config.attributes["connection"] = connection
+        return config
+
+    def heads(self) -> list[str]:
+        return list(ScriptDirectory.from_config(self.config()).get_heads())
+
+
+async def upgrade(engine: AsyncEngine, schema: Schema, *, revision: str = "head") -> str | None:
+    """Bring the database to `revision` (stamping a pre-Alembic one first); the new revision."""
+    async with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Held until this transaction ends, i.e. until the migration is committed.
+            await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        try:
+            return await conn.run_sync(_upgrade, schema, revision)
+        except CommandError as exc:
+            raise MigrationError(f"{schema.name} schema: {exc}") from None
+
+
+async def current(engine: AsyncEngine, schema: Schema) -> str | None:
+    """The database's revision of `schema`, or None when it has none (new, or pre-Alembic)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current, schema)
+
+
+def run_environment() -> None:
+    """The body of each tree's env.py: migrate on the connection `upgrade` handed over."""
+    from alembic import context
+
+    schema: Schema = context.config.attributes["schema"]
+    connection: sa.Connection | None = context.config.attributes.get("connection")
+    if connection is None:
+        raise MigrationError(
+            f"the {schema.name} migrations run through `mdns db upgrade` (or a store's open), "
+            "which hands them a connection; the bare alembic command is not set up")
+    context.configure(
+        connection=connection, target_metadata=schema.metadata,
+        version_table=schema.version_table,
+        # SQLite alters a table by copying it; batch mode writes migrations that way.
+        render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _upgrade(connection: sa.Connection, schema: Schema, revision: str) -> str | None:
+    config = schema.config(connection)
+    if _current(connection, schema) is None and sa.inspect(connection).has_table(
+            schema.marker_table):
+        command.stamp(config, schema.baseline)
+    command.upgrade(config, revision)
+    return _current(connection, schema)
+
+
+def _current(connection: sa.Connection, schema: Schema) -> str | None:
+    context = MigrationContext.configure(connection,
+                                         opts={"version_table": schema.version_table})
+    return context.get_current_revision()
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Across processes on this host, for an SQLite file; PostgreSQL locks in the transaction."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    lock_path = Path(path + SQLITE_LOCK_SUFFIX)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise MigrationError(
+                        f"another process has held {lock_path} for over {LOCK_WAIT_S:g} s; "
+                        "is a migration stuck?") from None
+                await asyncio.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
