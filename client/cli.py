@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--block-multicast", action="append", default=[], metavar="DOMAIN",
                         help="run DOMAIN's MSDs as on a host whose multicast is blocked "
                              "(repeatable)")
+    up_cmd.add_argument("--database", metavar="URL",
+                        help="each domain's database (its URS and MSDs share it), e.g. "
+                             "'postgresql+asyncpg://mdns@/mdns_{domain}?host=/run/postgresql'; "
+                             "{domain} is replaced by the domain (the databases must exist); "
+                             "default: SQLite files in the data directory")
     _tree_options(up_cmd)
 
     status_cmd = commands.add_parser(
@@ -287,6 +292,7 @@ def _up(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         alpha=args.alpha,
         beta=args.beta,
+        database_url=args.database,
         out=sys.stdout,
     ))
     return 0

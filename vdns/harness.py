@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MULTICAST_MODES = ("asm", "ssm", "none")
 MAX_MSDS_PER_DOMAIN = 16
+DOMAIN_PLACEHOLDER = "{domain}"  # in a database URL: each domain's own database
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ class Hierarchy:
         multicast_blocked: Sequence[str] = (),
         interface: str = "127.0.0.1",
         inter_domain_delay: Delay | None = None,
+        database_url: str | None = None,
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
@@ -98,6 +100,11 @@ class Hierarchy:
         unknown = self.multicast_blocked - {c.domain for c in self._configs}
         if unknown:
             raise VdnsError(f"no such domain to block multicast for: {', '.join(sorted(unknown))}")
+        if (database_url is not None and DOMAIN_PLACEHOLDER not in database_url
+                and len(self._configs) > 1):
+            raise VdnsError(f"--database: a hierarchy of {len(self._configs)} domains needs "
+                            f"one database per domain; put {DOMAIN_PLACEHOLDER} in the URL")
+        self.database_url = database_url
         self.domains: dict[str, RunningDomain] = {}
 
     def __repr__(self) -> str:
@@ -142,10 +149,19 @@ class Hierarchy:
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
                 in_process=self.msd_in_process, interface=self.interface,
                 multicast=running.config.domain not in self.multicast_blocked,
-                database_url=sqlite_url(self.data_dir, running.config.domain),
+                database_url=self.domain_database(running.config.domain),
                 inter_domain_delay=self.inter_domain_delay)
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
+
+    def domain_database(self, domain: str, *, store: str = "msd") -> str:
+        """The database of one domain's MSDs (or, with `store="urs"`, of its URS): the
+        `database_url` with the domain put in, else an SQLite file in the data directory."""
+        if self.database_url is not None:
+            return self.database_url.replace(DOMAIN_PLACEHOLDER, domain)
+        if store == "urs":
+            return ""  # the URS's own default, <data_dir>/<domain>/urs.sqlite
+        return sqlite_url(self.data_dir, domain)
 
     def _bind_all(self, sockets: list[socket.socket]) -> _Bound:
         bound = _Bound()
@@ -177,6 +193,7 @@ class Hierarchy:
             data_dir=domain_dir,
             multicast_mode=self.multicast_mode,
             msd_key=_msd_key(domain_dir),
+            database_url=self.domain_database(config.domain, store="urs"),
         )
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
