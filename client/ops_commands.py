@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from client.errors import ClientError
-from msd.database import DatabaseError, open_engine
-from msd.migrate import MigrationError, Schema, current, upgrade
+
+if TYPE_CHECKING:
+    from msd.migrate import Schema
 
 SCHEMAS = ("urs", "msd")
 COMMANDS = ("db",)  # what cli.main hands to run()
@@ -53,6 +54,9 @@ def schemas(name: str) -> list[Schema]:
 
 
 async def _db(args: argparse.Namespace, *, out: TextIO) -> int:
+    from msd.database import DatabaseError, open_engine
+    from msd.migrate import MigrationError, current, upgrade
+
     try:
         engine = open_engine(args.database, synchronous="FULL")
     except DatabaseError as exc:

@@ -24,14 +24,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:  # Alembic is imported when a migration runs: `mdns resolve` never needs it
+    from alembic.config import Config
 
 MIGRATION_LOCK = 0x6D646E73  # "mdns": the PostgreSQL advisory lock key migrations hold
 LOCK_WAIT_S = 60.0  # how long an opener waits for another process's migration to finish
@@ -59,6 +58,8 @@ class Schema:
 
     def config(self, connection: sa.Connection | None = None) -> Config:
         """An Alembic config for this tree (no ini file), handing over `connection`."""
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(self.migrations))
         config.attributes["schema"] = self
@@ -66,11 +67,15 @@ class Schema:
         return config
 
     def heads(self) -> list[str]:
+        from alembic.script import ScriptDirectory
+
         return list(ScriptDirectory.from_config(self.config()).get_heads())
 
 
 async def upgrade(engine: AsyncEngine, schema: Schema, *, revision: str = "head") -> str | None:
     """Bring the database to `revision` (stamping a pre-Alembic one first); the new revision."""
+    from alembic.util.exc import CommandError
+
     async with _migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Held until this transaction ends, i.e. until the migration is committed.
@@ -107,6 +112,8 @@ def run_environment() -> None:
 
 
 def _upgrade(connection: sa.Connection, schema: Schema, revision: str) -> str | None:
+    from alembic import command
+
     config = schema.config(connection)
     if _current(connection, schema) is None and sa.inspect(connection).has_table(
             schema.marker_table):
@@ -116,6 +123,8 @@ def _upgrade(connection: sa.Connection, schema: Schema, revision: str) -> str | 
 
 
 def _current(connection: sa.Connection, schema: Schema) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection,
                                          opts={"version_table": schema.version_table})
     return context.get_current_revision()
