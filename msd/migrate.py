@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,10 +77,16 @@ async def upgrade(engine: AsyncEngine, schema: Schema, *, revision: str = "head"
     """Bring the database to `revision` (stamping a pre-Alembic one first); the new revision."""
     from alembic.util.exc import CommandError
 
-    async with _migration_lock(engine), engine.begin() as conn:
+    # Alembic's `context` and `op` are module globals: two migrations interleaving in one
+    # process (in-process MSDs of several domains) would trample each other's.
+    async with _process_lock(), _migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Held until this transaction ends, i.e. until the migration is committed.
             await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        elif conn.dialect.name == "sqlite":
+            # SQLite's DDL is transactional once a transaction is open, but its Python driver
+            # opens none before CREATE: open one, so a failed migration leaves nothing behind.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
             return await conn.run_sync(_upgrade, schema, revision)
         except CommandError as exc:
@@ -128,6 +135,19 @@ def _current(connection: sa.Connection, schema: Schema) -> str | None:
     context = MigrationContext.configure(connection,
                                          opts={"version_table": schema.version_table})
     return context.get_current_revision()
+
+
+_PROCESS_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary())
+
+
+@contextlib.asynccontextmanager
+async def _process_lock() -> AsyncIterator[None]:
+    """One migration at a time in this process (per event loop)."""
+    loop = asyncio.get_running_loop()
+    lock = _PROCESS_LOCKS.setdefault(loop, asyncio.Lock())
+    async with lock:
+        yield
 
 
 @contextlib.asynccontextmanager

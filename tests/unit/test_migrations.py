@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from msd.migrate import Schema, current
+from msd.migrate import Schema, current, upgrade
 from msd.store import SCHEMA as MSD_SCHEMA
 from msd.store import MsdStore
 from tests.databases import Database
@@ -134,3 +135,48 @@ def test_mdns_db_names_a_bad_url_in_one_line() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("mdns: cannot use database URL 'nosuchdb+nodriver://")
     assert "Traceback" not in result.stderr
+
+
+async def test_several_databases_migrate_at_once_in_one_process(tmp_path: Path) -> None:
+    # In-process MSDs of many domains open their stores together; Alembic's module-global
+    # context must not be shared by two migrations at once.
+    urls = [f"sqlite+aiosqlite:///{tmp_path / f'd{n}.sqlite'}" for n in range(6)]
+    opened = await asyncio.gather(*(cls.open(url) for url in urls
+                                    for cls in (MsdStore, SessionStore)))
+    for store in opened:
+        await store.close()
+    for url in urls:
+        assert await _revision(url, MSD_SCHEMA) == MSD_SCHEMA.heads()[0]
+
+
+BROKEN_REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
+    raise RuntimeError("a migration that fails half-way")
+'''
+
+
+async def test_a_migration_that_fails_half_way_leaves_nothing(
+    database: Database, tmp_path: Path
+) -> None:
+    tree = tmp_path / "broken"
+    (tree / "versions").mkdir(parents=True)
+    (tree / "env.py").write_text("from msd.migrate import run_environment\n\nrun_environment()\n")
+    (tree / "versions" / "v0001_broken.py").write_text(BROKEN_REVISION)
+    schema = Schema(name="broken", metadata=sa.MetaData(), migrations=tree, baseline="0001",
+                    marker_table="half_done")
+    engine = create_async_engine(database.url)
+    try:
+        with pytest.raises(RuntimeError, match="half-way"):
+            await upgrade(engine, schema)
+        assert await current(engine, schema) is None
+    finally:
+        await engine.dispose()
+    assert [name for (name,) in await _tables(database)] == []  # no table, no version table
