@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from client.errors import ClientError
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from msd.migrate import Schema
 
 SCHEMAS = ("urs", "msd")
-COMMANDS = ("db",)  # what cli.main hands to run()
+COMMANDS = ("db", "zone")  # what cli.main hands to run()
 
 
 def add_parsers(commands: Any) -> None:
@@ -37,10 +38,32 @@ def add_parsers(commands: Any) -> None:
             action.add_argument("--revision", default="head",
                                 help="the revision to reach (default head)")
 
+    zone = commands.add_parser(
+        "zone", help="zone files for a real DNS server (nsd, knot, BIND) from .mds files")
+    zone_actions = zone.add_subparsers(dest="zone_action", metavar="ACTION", required=True)
+    export = zone_actions.add_parser(
+        "export", help="write <domain>.zone for every domain, and nsd-zones.conf",
+        description="Write one master file per domain of the .mds files: SOA, NS, "
+                    "mcast.<domain> (A/AAAA of the URS), the _mdns-urs._tcp SRV record with "
+                    "its port, and the delegations with glue; plus nsd-zones.conf, the "
+                    "zone: clauses for nsd (docs/deploy.md).")
+    export.add_argument("directory", type=Path, metavar="DIR", help="where to write them")
+    export.add_argument("--config", type=Path, required=True, metavar="MDS_DIR",
+                        help="a directory of .mds files, e.g. configs/demo")
+    export.add_argument("--ns-address", default="127.0.0.1", metavar="ADDR",
+                        help="the root domain's own name server address (the others come "
+                             "from their parents' @ lines; default 127.0.0.1)")
+    export.add_argument("--urs-replica", action="append", default=[],
+                        metavar="DOMAIN=HOST:PORT",
+                        help="a URS replica of DOMAIN (repeatable); each gets rN.mcast.DOMAIN "
+                             "and an SRV record of equal priority")
+
 
 def run(args: argparse.Namespace, *, out: TextIO) -> int:
     if args.command == "db":
         return asyncio.run(_db(args, out=out))
+    if args.command == "zone":
+        return _zone_export(args, out=out)
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -85,3 +108,26 @@ async def _db(args: argparse.Namespace, *, out: TextIO) -> int:
         await engine.dispose()
     return 0
 
+
+
+def _zone_export(args: argparse.Namespace, *, out: TextIO) -> int:
+    from vdns.mds import load_hierarchy
+    from vdns.replicas import Replica
+    from vdns.zonefile import export_zones
+
+    replicas: dict[str, list[Replica]] = {}
+    for text in args.urs_replica:
+        domain, _, where = text.partition("=")
+        host, _, port = where.rpartition(":")
+        if not (domain and host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ClientError(f"--urs-replica {text!r}: expected DOMAIN=HOST:PORT")
+        replicas.setdefault(domain.rstrip(".").lower(), []).append(
+            Replica(host.strip("[]"), int(port)))
+    try:
+        written = export_zones(load_hierarchy(args.config), args.directory,
+                               root_ns_address=args.ns_address, replicas=replicas)
+    except OSError as exc:
+        raise ClientError(f"cannot write to {args.directory}: {exc.strerror}") from None
+    for path in written:
+        print(path, file=out)
+    return 0
