@@ -153,10 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="UDP control and HTTP status port (default: any free port)")
     msd_cmd.add_argument("--priority", type=int, default=0,
                          help="election priority, 0-65535; the highest live one is designated")
-    msd_cmd.add_argument("--database", metavar="URL",
-                         help="the domain's session store: an SQLAlchemy URL, e.g. "
-                              "sqlite+aiosqlite:////var/lib/mdns/msd.sqlite or "
-                              "postgresql+asyncpg://...; without it, no sessions are kept")
+    msd_database = msd_cmd.add_mutually_exclusive_group()
+    msd_database.add_argument("--database", metavar="URL",
+                              help="the domain's session store, shared by its MSDs: an "
+                                   "SQLAlchemy URL, e.g. sqlite+aiosqlite:////var/lib/mdns/"
+                                   "msd.sqlite or postgresql+asyncpg://...; without it, no "
+                                   "sessions are kept")
+    msd_database.add_argument("--database-file", type=Path, metavar="FILE",
+                              help="a file holding that URL (it may hold a password)")
     msd_cmd.add_argument("--no-multicast", action="store_true",
                          help="this host's multicast is broken: elect through the URS and "
                               "ask the parent for unicast heartbeats")
@@ -359,6 +363,7 @@ def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
 
 
 def _msd(args: argparse.Namespace) -> int:
+    from client.serve_commands import database_url
     from msd.daemon import run_daemon
 
     try:
@@ -371,7 +376,7 @@ def _msd(args: argparse.Namespace) -> int:
         urs_fallbacks=tuple(url.rstrip("/") for url in args.urs[1:]),
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
-        multicast=not args.no_multicast, database_url=args.database))
+        multicast=not args.no_multicast, database_url=database_url(args)))
     return 0
 
 

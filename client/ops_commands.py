@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from client.errors import ClientError
+from client.serve_commands import add_parsers as add_server_parsers
+from client.serve_commands import database_url
+from client.serve_commands import run as run_server
 
 if TYPE_CHECKING:
     from msd.migrate import Schema
 
 SCHEMAS = ("urs", "msd")
-COMMANDS = ("db", "zone")  # what cli.main hands to run()
+COMMANDS = ("db", "zone", "urs", "dns")  # what cli.main hands to run()
 
 
 def add_parsers(commands: Any) -> None:
@@ -28,9 +31,12 @@ def add_parsers(commands: Any) -> None:
     for name, text in (("current", "print each schema's revision in the database"),
                        ("upgrade", "upgrade each schema to the newest revision (or --revision)")):
         action = actions.add_parser(name, help=text, description=text)
-        action.add_argument("--database", required=True, metavar="URL",
-                            help="an SQLAlchemy async URL, e.g. sqlite+aiosqlite:////var/lib/"
-                                 "mdns/urs.sqlite or postgresql+asyncpg://mdns@db/mdns")
+        where = action.add_mutually_exclusive_group(required=True)
+        where.add_argument("--database", metavar="URL",
+                           help="an SQLAlchemy async URL, e.g. sqlite+aiosqlite:////var/lib/"
+                                "mdns/urs.sqlite or postgresql+asyncpg://mdns@db/mdns")
+        where.add_argument("--database-file", type=Path, metavar="FILE",
+                           help="a file holding the URL (it may hold a password)")
         action.add_argument("--schema", choices=(*SCHEMAS, "all"), default="all",
                             help="which store's tables (default: all; the URS and MSD "
                                  "schemas may share one database)")
@@ -57,6 +63,7 @@ def add_parsers(commands: Any) -> None:
                         metavar="DOMAIN=HOST:PORT",
                         help="a URS replica of DOMAIN (repeatable); each gets rN.mcast.DOMAIN "
                              "and an SRV record of equal priority")
+    add_server_parsers(commands)
 
 
 def run(args: argparse.Namespace, *, out: TextIO) -> int:
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace, *, out: TextIO) -> int:
         return asyncio.run(_db(args, out=out))
     if args.command == "zone":
         return _zone_export(args, out=out)
+    if args.command in ("urs", "dns"):
+        return run_server(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -80,8 +89,10 @@ async def _db(args: argparse.Namespace, *, out: TextIO) -> int:
     from msd.database import DatabaseError, open_engine
     from msd.migrate import MigrationError, current, upgrade
 
+    url = database_url(args)
+    assert url is not None  # argparse requires one of the two
     try:
-        engine = open_engine(args.database, synchronous="FULL")
+        engine = open_engine(url, synchronous="FULL")
     except DatabaseError as exc:
         raise ClientError(str(exc)) from None
     try:
