@@ -87,7 +87,7 @@ def schemas(name: str) -> list[Schema]:
 
 async def _db(args: argparse.Namespace, *, out: TextIO) -> int:
     from msd.database import DatabaseError, open_engine
-    from msd.migrate import MigrationError, current, upgrade
+    from msd.migrate import MigrationError, current, migrate
 
     url = database_url(args)
     assert url is not None  # argparse requires one of the two
@@ -100,8 +100,7 @@ async def _db(args: argparse.Namespace, *, out: TextIO) -> int:
             head = ", ".join(schema.heads())
             try:
                 if args.db_action == "upgrade":
-                    before = await current(engine, schema)
-                    after = await upgrade(engine, schema, revision=args.revision)
+                    before, after = await migrate(engine, schema, revision=args.revision)
                     change = "unchanged" if before == after else f"from {before or 'nothing'}"
                     print(f"{schema.name}: {after} ({change}; head {head})", file=out)
                 else:

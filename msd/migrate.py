@@ -52,6 +52,7 @@ class Schema:
     migrations: Path  # the folder with env.py and versions/
     baseline: str  # the revision equal to the tables made before Alembic
     marker_table: str  # a baseline table: present without a version table → stamp baseline
+    head: str  # the newest revision, which the models equal (a test checks both)
 
     @property
     def version_table(self) -> str:
@@ -73,10 +74,27 @@ class Schema:
         return list(ScriptDirectory.from_config(self.config()).get_heads())
 
 
-async def upgrade(engine: AsyncEngine, schema: Schema, *, revision: str = "head") -> str | None:
+async def upgrade(
+    engine: AsyncEngine, schema: Schema, *, revision: str = "head", from_scratch: bool = True
+) -> str | None:
     """Bring the database to `revision` (stamping a pre-Alembic one first); the new revision."""
-    from alembic.util.exc import CommandError
+    _, after = await migrate(engine, schema, revision=revision, from_scratch=from_scratch)
+    return after
 
+
+async def migrate(
+    engine: AsyncEngine, schema: Schema, *, revision: str = "head", from_scratch: bool = True
+) -> tuple[str | None, str | None]:
+    """`upgrade`, answering (the revision before, read under the lock; the revision after).
+
+    Fast paths, which do not load Alembic (a daemon's start-up is what they save): a
+    database at `schema.head` is left alone, and an empty one (with `from_scratch`) gets the
+    models' tables and the head revision at once, as Alembic's "build from scratch" recipe
+    does; a test holds the revisions and the models equal."""
+    if revision in ("head", schema.head):
+        async with engine.connect() as conn:  # unlocked: the version only moves forward
+            if await conn.run_sync(_version, schema) == schema.head:
+                return schema.head, schema.head
     # Alembic's `context` and `op` are module globals: two migrations interleaving in one
     # process (in-process MSDs of several domains) would trample each other's.
     async with _process_lock(), _migration_lock(engine), engine.begin() as conn:
@@ -87,8 +105,17 @@ async def upgrade(engine: AsyncEngine, schema: Schema, *, revision: str = "head"
             # SQLite's DDL is transactional once a transaction is open, but its Python driver
             # opens none before CREATE: open one, so a failed migration leaves nothing behind.
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        found = await conn.run_sync(_version, schema)
+        if revision in ("head", schema.head) and found == schema.head:
+            return found, found  # another process did it while this one waited
+        if (from_scratch and revision in ("head", schema.head) and found is None
+                and not await conn.run_sync(_has_table, schema.marker_table)):
+            await conn.run_sync(_create_from_scratch, schema)
+            return found, schema.head
+        from alembic.util.exc import CommandError
+
         try:
-            return await conn.run_sync(_upgrade, schema, revision)
+            return found, await conn.run_sync(_upgrade, schema, revision)
         except CommandError as exc:
             raise MigrationError(f"{schema.name} schema: {exc}") from None
 
@@ -96,7 +123,7 @@ async def upgrade(engine: AsyncEngine, schema: Schema, *, revision: str = "head"
 async def current(engine: AsyncEngine, schema: Schema) -> str | None:
     """The database's revision of `schema`, or None when it has none (new, or pre-Alembic)."""
     async with engine.connect() as conn:
-        return await conn.run_sync(_current, schema)
+        return await conn.run_sync(_version, schema)
 
 
 def run_environment() -> None:
@@ -135,6 +162,36 @@ def _current(connection: sa.Connection, schema: Schema) -> str | None:
     context = MigrationContext.configure(connection,
                                          opts={"version_table": schema.version_table})
     return context.get_current_revision()
+
+
+def _version_table(schema: Schema) -> sa.Table:
+    # As Alembic makes it: one VARCHAR(32) column, its primary key named <table>_pkc.
+    return sa.Table(schema.version_table, sa.MetaData(),
+                    sa.Column("version_num", sa.String(32), nullable=False),
+                    sa.PrimaryKeyConstraint("version_num", name=f"{schema.version_table}_pkc"))
+
+
+def _has_table(connection: sa.Connection, name: str) -> bool:
+    return sa.inspect(connection).has_table(name)
+
+
+def _version(connection: sa.Connection, schema: Schema) -> str | None:
+    """The revision in the version table, read without Alembic; None without one."""
+    if not _has_table(connection, schema.version_table):
+        return None
+    table = _version_table(schema)
+    versions = connection.execute(sa.select(table.c.version_num)).scalars().all()
+    if len(versions) > 1:
+        raise MigrationError(f"{schema.version_table} holds several revisions {versions}; "
+                             "the schema has no branches")
+    return versions[0] if versions else None
+
+
+def _create_from_scratch(connection: sa.Connection, schema: Schema) -> None:
+    schema.metadata.create_all(connection)
+    table = _version_table(schema)
+    table.create(connection)
+    connection.execute(sa.insert(table).values(version_num=schema.head))
 
 
 _PROCESS_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

@@ -81,7 +81,7 @@ geo_cells = sa.Table(
 LS, LK, GR, GC = local_sessions.c, local_keywords.c, global_records.c, geo_cells.c
 # Made by the Alembic revisions in msd/migrations/versions/ (docs/deploy.md, "Upgrades").
 SCHEMA = Schema(name="msd", metadata=metadata, migrations=Path(__file__).with_name("migrations"),
-                baseline="0001", marker_table="local_sessions")
+                baseline="0001", marker_table="local_sessions", head="0001")
 
 
 class StoreError(MsdError):

@@ -91,7 +91,7 @@ msd_members = Table(
 
 # Made by the Alembic revisions in urs/migrations/versions/ (docs/deploy.md, "Upgrades").
 SCHEMA = Schema(name="urs", metadata=metadata, migrations=Path(__file__).with_name("migrations"),
-                baseline="0001", marker_table="sessions")
+                baseline="0001", marker_table="sessions", head="0001")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
