@@ -6,7 +6,10 @@ shows where a database is (docs/deploy.md). Several processes may open one datab
 once (a domain's MSDs, replicated URSes): the first takes a lock and migrates, the
 others wait for it and then find nothing to do. On PostgreSQL the lock is an advisory
 lock held by the migration's own transaction (DDL is transactional there); on SQLite,
-whose users all live on one host, an exclusive `flock` on a file beside the database.
+whose users all live on one host, an exclusive `flock` on a file beside the database, and
+the migration runs inside `BEGIN IMMEDIATE` so that it too commits whole or not at all.
+Alembic itself is loaded only for a real upgrade: a database at the head revision costs
+one query, and an empty one gets the models' tables and the head revision directly.
 
 The URS and the MSD schemas are separate Alembic trees with their own version tables
 (`mdns_urs_version`, `mdns_msd_version`), so both may live in one PostgreSQL database.
