@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TextIO
 
 from client.errors import ClientError
+from client.ops_commands import COMMANDS as OPS_COMMANDS
+from client.ops_commands import add_parsers as add_ops_parsers
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.sap_commands import add_parsers as add_sap_parsers
 from client.sap_commands import run as run_sap_command
@@ -97,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--block-multicast", action="append", default=[], metavar="DOMAIN",
                         help="run DOMAIN's MSDs as on a host whose multicast is blocked "
                              "(repeatable)")
+    up_cmd.add_argument("--urs-replicas", type=int, default=1, metavar="N",
+                        help="URS replicas per domain, sharing its database (default 1); with "
+                             "more, each DNS server health-checks them and answers mcast."
+                             "<domain> (A, SRV) with the live ones, least loaded first, TTL 5 s")
+    up_cmd.add_argument("--database", metavar="URL",
+                        help="each domain's database (its URS and MSDs share it), e.g. "
+                             "'postgresql+asyncpg://mdns@/mdns_{domain}?host=/run/postgresql'; "
+                             "{domain} is replaced by the domain (the databases must exist); "
+                             "default: SQLite files in the data directory")
     _tree_options(up_cmd)
 
     status_cmd = commands.add_parser(
@@ -128,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
             "on SIGINT or SIGTERM. `mdns up --msds K` starts these for you."
         ),
     )
-    msd_cmd.add_argument("--urs", required=True, metavar="URL",
-                         help="the domain's URS, e.g. http://127.0.0.1:2038")
+    msd_cmd.add_argument("--urs", required=True, metavar="URL", action="append",
+                         help="the domain's URS, e.g. http://127.0.0.1:2038; repeat it for "
+                              "each URS replica, tried in turn when one is unreachable")
     msd_cmd.add_argument("--msd-key-file", type=Path, required=True, metavar="FILE",
                          help="the domain's secret for announcing the designated MSD to the URS")
     msd_cmd.add_argument("--hierarchy-key-file", type=Path, required=True, metavar="FILE",
@@ -141,16 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="UDP control and HTTP status port (default: any free port)")
     msd_cmd.add_argument("--priority", type=int, default=0,
                          help="election priority, 0-65535; the highest live one is designated")
-    msd_cmd.add_argument("--database", metavar="URL",
-                         help="the domain's session store: an SQLAlchemy URL, e.g. "
-                              "sqlite+aiosqlite:////var/lib/mdns/msd.sqlite or "
-                              "postgresql+asyncpg://...; without it, no sessions are kept")
+    msd_database = msd_cmd.add_mutually_exclusive_group()
+    msd_database.add_argument("--database", metavar="URL",
+                              help="the domain's session store, shared by its MSDs: an "
+                                   "SQLAlchemy URL, e.g. sqlite+aiosqlite:////var/lib/mdns/"
+                                   "msd.sqlite or postgresql+asyncpg://...; without it, no "
+                                   "sessions are kept")
+    msd_database.add_argument("--database-file", type=Path, metavar="FILE",
+                              help="a file holding that URL (it may hold a password)")
     msd_cmd.add_argument("--no-multicast", action="store_true",
                          help="this host's multicast is broken: elect through the URS and "
                               "ask the parent for unicast heartbeats")
     _tree_options(msd_cmd)
     add_session_parsers(commands)
     add_sap_parsers(commands)
+    add_ops_parsers(commands)
 
     experiment = commands.add_parser("experiment", help="the dissertation's experiments")
     experiments = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT",
@@ -236,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_session_command(args, out=sys.stdout)
         if args.command == "sap":
             return run_sap_command(args, out=sys.stdout)
+        if args.command in OPS_COMMANDS:
+            from client.ops_commands import run as run_ops_command
+
+            return run_ops_command(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
@@ -281,6 +302,8 @@ def _up(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         alpha=args.alpha,
         beta=args.beta,
+        database_url=args.database,
+        urs_replicas=args.urs_replicas,
         out=sys.stdout,
     ))
     return 0
@@ -340,6 +363,7 @@ def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
 
 
 def _msd(args: argparse.Namespace) -> int:
+    from client.serve_commands import database_url
     from msd.daemon import run_daemon
 
     try:
@@ -348,10 +372,11 @@ def _msd(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ClientError(f"cannot read a key file: {exc}") from None
     asyncio.run(run_daemon(
-        urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
+        urs_url=args.urs[0].rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
+        urs_fallbacks=tuple(url.rstrip("/") for url in args.urs[1:]),
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
-        multicast=not args.no_multicast, database_url=args.database))
+        multicast=not args.no_multicast, database_url=database_url(args)))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import aiohttp
@@ -20,6 +20,10 @@ import dns.resolver
 from client.errors import ClientError
 from urs.indexing import INDEXED_HEADER
 from urs.locate import LocateError, UrsLocation, locate_urs
+
+
+class UrsUnreachable(ClientError):
+    """No connection to this URS replica: the request never reached it, try the next."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,8 @@ async def register_with_urs(
                                     created=False)
             raise ClientError(f"{base_url} refused session {session.get('id')!r}: "
                               f"{response.status} {_errors(text)}")
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise UrsUnreachable(f"cannot reach the URS at {base_url}: {exc}") from None
     except aiohttp.ClientError as exc:
         raise ClientError(f"cannot reach the URS at {base_url}: {exc}") from None
 
@@ -90,14 +96,15 @@ async def register_everywhere(
             location = await locate_urs(domain, dns_server=dns_server, cache=dns_cache)
         except LocateError as exc:
             raise ClientError(str(exc)) from None
-    registration = await register_with_urs(http, base_url=location.base_url, domain=domain,
-                                           session=session, wait=wait)
+    replicas = [endpoint.base_url for endpoint in location.endpoints]
+    registration = await _first_reachable(replicas, lambda base_url: register_with_urs(
+        http, base_url=base_url, domain=domain, session=session, wait=wait))
     if not registration.created:
         if token is None:
             raise ClientError(f"{registration.uri} is already registered; give its owner "
                               "token (--token) to update it")
-        registration = await update_with_urs(http, base_url=location.base_url, domain=domain,
-                                             session=session, token=token, wait=wait)
+        registration = await _first_reachable(replicas, lambda base_url: update_with_urs(
+            http, base_url=base_url, domain=domain, session=session, token=token, wait=wait))
     if registration.directory is not None:
         return registration, registration.directory
     msd = await designated_msd(domain, dns_server=dns_server, http=http, location=location)
@@ -111,6 +118,20 @@ async def register_everywhere(
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise ClientError(f"the MSD of {domain} at {msd}: {exc}") from None
     return registration, answer
+
+
+async def _first_reachable(
+    replicas: list[str], attempt: Callable[[str], Awaitable[Registration]]
+) -> Registration:
+    """`attempt` at each URS replica in DNS's order until one is reached (a dead replica
+    never saw the request, so the next may take it)."""
+    for number, base_url in enumerate(replicas):
+        try:
+            return await attempt(base_url)
+        except UrsUnreachable:
+            if number == len(replicas) - 1:
+                raise
+    raise AssertionError("unreachable: DNS gave at least one replica")
 
 
 async def update_with_urs(
@@ -130,6 +151,8 @@ async def update_with_urs(
                 raise ClientError(f"{base_url} refused the update of {session_id!r}: "
                                   f"{response.status} {_errors(text)}")
             indexed = response.headers.get(INDEXED_HEADER, "").startswith("yes")
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise UrsUnreachable(f"cannot reach the URS at {base_url}: {exc}") from None
     except aiohttp.ClientError as exc:
         raise ClientError(f"cannot reach the URS at {base_url}: {exc}") from None
     uri = f"mcast.{domain}/{session_id}"

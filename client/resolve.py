@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from client.errors import ClientError
 from client.uri import McastUri
 from msd.schema import SessionRecord
-from urs.locate import LocateError, UrsLocation, locate_urs
+from urs.locate import LocateError, UrsEndpoint, UrsLocation, locate_urs, with_failover
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -37,14 +37,17 @@ async def resolve(
     """Find the URS of the URI's domain and fetch the record (JSON) for its id."""
     deadline = time.monotonic() + timeout
     location = await _locate(uri, dns_server=dns_server, deadline=deadline)
-    body = await fetch(uri, location=location, accept="application/json", deadline=deadline)
+    body, answered = await fetch_from(uri, location=location, accept="application/json",
+                                      deadline=deadline)
     try:
         raw = json.loads(body)
         record = SessionRecord.model_validate(raw)
     except (ValueError, ValidationError) as exc:
         raise ClientError(
-            f"the URS at {location.base_url} sent a malformed record: {exc}"
+            f"the URS at {answered.base_url} sent a malformed record: {exc}"
         ) from None
+    # `urs` names the replica that answered; `urs.replicas` every one DNS gave.
+    location = dataclasses.replace(location, host=answered.host, port=answered.port)
     return Resolved(uri=uri, urs=location, record=record, raw=raw)
 
 
@@ -73,38 +76,45 @@ async def _locate(
 
 async def fetch(uri: McastUri, *, location: UrsLocation, accept: str, deadline: float) -> str:
     """GET the id from the URS, mapping every failure to one clear ClientError."""
-    url = f"{location.base_url}/{uri.id}"
-    headers = {"Accept": accept, "Host": _host_header(uri, location)}
-    timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic()))
-    try:
+    body, _ = await fetch_from(uri, location=location, accept=accept, deadline=deadline)
+    return body
+
+
+async def fetch_from(
+    uri: McastUri, *, location: UrsLocation, accept: str, deadline: float
+) -> tuple[str, UrsEndpoint]:
+    """`fetch`, and which replica answered: the next one is tried when one is unreachable."""
+
+    async def get(endpoint: UrsEndpoint, timeout: aiohttp.ClientTimeout) -> tuple[str, UrsEndpoint]:
+        headers = {"Accept": accept, "Host": _host_header(uri, endpoint.port)}
         async with aiohttp.ClientSession(timeout=timeout) as http, http.get(
-            url, headers=headers, allow_redirects=False
+            f"{endpoint.base_url}/{uri.id}", headers=headers, allow_redirects=False
         ) as response:
             body = await response.text()
             if response.status == 404:
                 raise ClientError(f"no session {uri.id!r} at {uri.host} (unknown or expired)")
             if response.status != 200:
                 raise ClientError(
-                    f"the URS of {uri.domain} at {location.base_url} answered "
+                    f"the URS of {uri.domain} at {endpoint.base_url} answered "
                     f"{response.status} {response.reason}"
                 )
-            return body
+            return body, endpoint
+
+    where = ", ".join(e.base_url for e in location.endpoints)
+    try:
+        return await with_failover(location, get, deadline=deadline)
     except aiohttp.ClientConnectorError as exc:
         raise ClientError(
-            f"the URS of {uri.domain} at {location.base_url} is not reachable ({exc.os_error})"
+            f"the URS of {uri.domain} at {where} is not reachable ({exc.os_error})"
         ) from None
     except TimeoutError:
-        raise ClientError(
-            f"the URS of {uri.domain} at {location.base_url} did not answer in time"
-        ) from None
+        raise ClientError(f"the URS of {uri.domain} at {where} did not answer in time") from None
     except aiohttp.ClientError as exc:
-        raise ClientError(
-            f"talking to the URS of {uri.domain} at {location.base_url}: {exc}"
-        ) from None
+        raise ClientError(f"talking to the URS of {uri.domain} at {where}: {exc}") from None
 
 
-def _host_header(uri: McastUri, location: UrsLocation) -> str:
-    return uri.host if location.port == 80 else f"{uri.host}:{location.port}"
+def _host_header(uri: McastUri, port: int) -> str:
+    return uri.host if port == 80 else f"{uri.host}:{port}"
 
 
 def format_table(resolved: Resolved) -> str:

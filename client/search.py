@@ -30,7 +30,7 @@ from msd.query import Query, parse, positive_keywords
 from msd.relay import Delay
 from msd.schema import Scope, SessionRecord
 from msd.sessions import Search
-from urs.locate import LocateError, UrsLocation, locate_urs
+from urs.locate import LocateError, UrsEndpoint, UrsLocation, locate_urs, with_failover
 
 CACHE_CAPACITY = 10_000
 REQUEST_TIMEOUT_S = 3.0
@@ -240,12 +240,17 @@ async def designated_msd(
             location = await locate_urs(domain, dns_server=dns_server)
         except LocateError as exc:
             raise ClientError(str(exc)) from None
-    try:
-        async with http.get(f"{location.base_url}/bootstrap/designated",
-                            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as response:
-            designated = (await response.json()).get("designated")
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise ClientError(f"the URS of {domain} at {location.base_url}: {exc}") from None
+    async def ask(endpoint: UrsEndpoint, timeout: aiohttp.ClientTimeout) -> Any:
+        async with http.get(f"{endpoint.base_url}/bootstrap/designated",
+                            timeout=timeout) as response:
+            return (await response.json()).get("designated")
+
+    try:  # the next URS replica when one is unreachable
+        designated = await with_failover(location, ask,
+                                         deadline=time.monotonic() + REQUEST_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+        where = ", ".join(e.base_url for e in location.endpoints)
+        raise ClientError(f"the URS of {domain} at {where}: {exc}") from None
     if not designated:
         raise ClientError(f"{domain} has no designated MSD (are its MSD daemons running?)")
     return f"http://{designated['address']}:{designated['port']}"

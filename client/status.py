@@ -11,7 +11,7 @@ import aiohttp
 from client.errors import ClientError
 from msd.keyspace import KeyRange
 from msd.treeview import routing_problems, skew, tiling_problems
-from urs.locate import LocateError, locate_urs
+from urs.locate import LocateError, UrsEndpoint, locate_urs
 
 MAX_DOMAINS = 100_000
 
@@ -36,13 +36,26 @@ async def collect(
         raise ClientError(str(exc)) from None
     client_timeout = aiohttp.ClientTimeout(total=max(1.0, deadline - time.monotonic()))
     async with aiohttp.ClientSession(timeout=client_timeout) as http:
-        start = await designated_status(http, location.base_url)
+        start = await _first_replica(http, location.endpoints)
         if start is None:
             raise ClientError(f"{domain} has no designated MSD yet (is `mdns up --msds` running?)")
         root = start
         if start.get("ancestors"):
             root = await _get_json(http, f"http://{_address(start['ancestors'][0])}/status")
         return await _walk(http, root)
+
+
+async def _first_replica(
+    http: aiohttp.ClientSession, endpoints: tuple[UrsEndpoint, ...]
+) -> dict[str, Any] | None:
+    """`designated_status` through the first URS replica that answers (a read: any may)."""
+    for number, endpoint in enumerate(endpoints):
+        try:
+            return await designated_status(http, endpoint.base_url)
+        except ClientError:
+            if number == len(endpoints) - 1:
+                raise
+    raise AssertionError("unreachable: DNS gave at least one replica")
 
 
 async def _walk(http: aiohttp.ClientSession, root: dict[str, Any]) -> list[dict[str, Any]]:

@@ -59,6 +59,8 @@ async def run_up(
     heartbeat_s: float = 1.0,
     alpha: float = 0.1,
     beta: float = 0.1,
+    database_url: str | None = None,
+    urs_replicas: int = 1,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Start every domain, wait until all answer, register the samples, then run until stopped."""
@@ -71,7 +73,8 @@ async def run_up(
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
                           ephemeral_ports=ephemeral_ports, msds=msds, heartbeat_s=heartbeat_s,
                           multicast_blocked=multicast_blocked, interface=interface,
-                          alpha=alpha, beta=beta)
+                          alpha=alpha, beta=beta, database_url=database_url,
+                          urs_replicas=urs_replicas)
     stop = stop or _stop_on_signals()
     try:
         await hierarchy.start()
@@ -186,7 +189,8 @@ def _print_summary(
     print(f"\nmdns up: {len(domains)} domains answering{msds} (data in {data_dir})\n", file=out)
     print(f"  {'domain'.ljust(width)}  {'DNS':<16}  URS", file=out)
     for d in domains:
-        print(f"  {d.config.domain.ljust(width)}  127.0.0.1:{d.config.self_port:<6}  {d.urs_url}",
+        urs = ", ".join(r.url for r in d.replicas) or d.urs_url
+        print(f"  {d.config.domain.ljust(width)}  127.0.0.1:{d.config.self_port:<6}  {urs}",
               file=out)
     deepest = max(domains, key=lambda d: d.config.domain.count("."))
     example = registered[0] if registered else None

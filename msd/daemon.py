@@ -68,6 +68,8 @@ class MsdSettings:
     alpha: float = 0.1
     beta: float = 0.1
     urs_timeout_s: float = 2.0
+    # More replicas of the domain's URS (same database): used in turn when one is unreachable.
+    urs_fallbacks: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -107,10 +109,22 @@ class MsdDaemon:
         self.record_counts: dict[str, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._migrated_generation = -1
+        self._urs_urls = (settings.urs_url, *settings.urs_fallbacks)
+        self._urs_index = 0
 
     def __repr__(self) -> str:
         role = self.election.role if self.election else "starting"
         return f"<MsdDaemon {self.domain or '?'} {role} id={self.msd_id}>"
+
+    @property
+    def urs_url(self) -> str:
+        """The URS replica this daemon talks to now; the next one after a failure."""
+        return self._urs_urls[self._urs_index]
+
+    def _next_urs(self) -> None:
+        if len(self._urs_urls) > 1:
+            self._urs_index = (self._urs_index + 1) % len(self._urs_urls)
+            log.info("%s: trying the URS replica at %s", self.domain or "?", self.urs_url)
 
     @property
     def multicast(self) -> bool:
@@ -350,15 +364,20 @@ class MsdDaemon:
 
     async def _fetch_bootstrap(self) -> dict[str, Any]:
         assert self._http is not None
-        url = f"{self.settings.urs_url}/bootstrap"
-        try:
-            async with self._http.get(url) as response:
-                if response.status != 200:
-                    raise MsdError(f"{url} answered {response.status}")
-                document: dict[str, Any] = await response.json()
-                return document
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise MsdError(f"cannot bootstrap from {url}: {exc or type(exc).__name__}") from None
+        for attempt in range(len(self._urs_urls)):
+            url = f"{self.urs_url}/bootstrap"
+            try:
+                async with self._http.get(url) as response:
+                    if response.status != 200:
+                        raise MsdError(f"{url} answered {response.status}")
+                    document: dict[str, Any] = await response.json()
+                    return document
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                if attempt == len(self._urs_urls) - 1:
+                    raise MsdError(f"cannot bootstrap from {url}: "
+                                   f"{exc or type(exc).__name__}") from None
+                self._next_urs()
+        raise AssertionError("unreachable: there is at least one URS")
 
     async def _poll_urs(self) -> None:
         """Report ourselves to the URS; its answer is the fresh bootstrap document."""
@@ -368,7 +387,7 @@ class MsdDaemon:
             self.election.role, "backup")
         body = {"address": host, "port": port, "pid": os.getpid(), "role": role,
                 "ttl": max(1, round(3 * self.settings.heartbeat_s))}
-        url = f"{self.settings.urs_url}/bootstrap/msds/{self.msd_id}"
+        url = f"{self.urs_url}/bootstrap/msds/{self.msd_id}"
         headers = {"Authorization": f"Bearer {self.settings.msd_key}"}
         try:
             async with self._http.put(url, json=body, headers=headers) as response:
@@ -378,6 +397,7 @@ class MsdDaemon:
         except (MsdError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.counters.urs_errors += 1
             log.debug("URS poll failed: %s", exc)
+            self._next_urs()
             return
         now = time.monotonic()
         designated = self.bootstrap.get("designated")
@@ -406,7 +426,7 @@ class MsdDaemon:
         body = {"address": host, "port": port, "term": term, "ttl": max(1, round(ttl))}
         headers = {"Authorization": f"Bearer {self.settings.msd_key}"}
         try:
-            async with self._http.put(f"{self.settings.urs_url}/bootstrap/designated",
+            async with self._http.put(f"{self.urs_url}/bootstrap/designated",
                                       json=body, headers=headers) as response:
                 if response.status == 200:
                     return True, term

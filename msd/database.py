@@ -2,7 +2,8 @@
 
 One place for what every store needs: the SQLite file's folder made, WAL and a busy
 timeout on every connection, any other SQLAlchemy async URL (PostgreSQL) accepted, and
-tables created so that processes starting together do not race.
+the schema brought to the newest Alembic revision (msd.migrate) so that processes
+starting together do not race.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.schema import CreateIndex, CreateTable
+
+from msd.migrate import MigrationError, Schema, upgrade
 
 SQLITE_BUSY_TIMEOUT_MS = 5000  # a writer waits this long for SQLite's lock
-DDL_LOCK = 0x6D646E73  # "mdns": the PostgreSQL advisory lock that serialises table creation
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -75,31 +76,17 @@ def _check_sqlite_file(path: Path) -> None:
                             "database); move it away or give another path")
 
 
-async def open_database(
-    url: str, *, metadata: sa.MetaData, synchronous: Synchronous
-) -> AsyncEngine:
-    """`open_engine`, then `create_tables`; nothing left open when either fails."""
+async def open_database(url: str, *, schema: Schema, synchronous: Synchronous) -> AsyncEngine:
+    """`open_engine`, then `upgrade` to the newest revision; nothing left open when either fails."""
     engine = open_engine(url, synchronous=synchronous)
     try:
-        await create_tables(engine, metadata)
-    except (SQLAlchemyError, OSError) as exc:
+        await upgrade(engine, schema)
+    except (SQLAlchemyError, OSError, MigrationError) as exc:
         await engine.dispose()
         raise DatabaseError(
-            f"database create tables failed: {type(exc).__name__}: {exc}") from exc
+            f"database upgrade of the {schema.name} schema failed: {type(exc).__name__}: {exc}"
+        ) from exc
     except BaseException:
         await engine.dispose()
         raise
     return engine
-
-
-async def create_tables(engine: AsyncEngine, metadata: sa.MetaData) -> None:
-    """Create what is missing. IF NOT EXISTS, since several processes (a domain's MSDs,
-    replicated URSes) may start at once; on PostgreSQL, whose IF NOT EXISTS still races
-    in its catalog, under an advisory lock."""
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({DDL_LOCK})"))
-        for table in metadata.sorted_tables:
-            await conn.execute(CreateTable(table, if_not_exists=True))
-            for index in sorted(table.indexes, key=lambda i: str(i.name)):
-                await conn.execute(CreateIndex(index, if_not_exists=True))

@@ -22,6 +22,7 @@ from msd.database import DatabaseError, open_database
 from msd.errors import MsdError
 from msd.geo import Circle, GeoError, parse_cell_key, subcell_key
 from msd.keyspace import SPACE, key_of, shadow_of
+from msd.migrate import Schema
 from msd.schema import SessionRecord
 
 SEARCH_MAX = 1000  # records one keyword search returns at most
@@ -78,6 +79,9 @@ geo_cells = sa.Table(
     sa.Column("kind", sa.String(8), primary_key=True),
 )
 LS, LK, GR, GC = local_sessions.c, local_keywords.c, global_records.c, geo_cells.c
+# Made by the Alembic revisions in msd/migrations/versions/ (docs/deploy.md, "Upgrades").
+SCHEMA = Schema(name="msd", metadata=metadata, migrations=Path(__file__).with_name("migrations"),
+                baseline="0001", marker_table="local_sessions", head="0001")
 
 
 class StoreError(MsdError):
@@ -136,14 +140,14 @@ class MsdStore:
 
     @classmethod
     async def open(cls, url: str) -> MsdStore:
-        """Connect (SQLite: WAL, synchronous=NORMAL) and create missing tables.
+        """Connect (SQLite: WAL, synchronous=NORMAL) and upgrade the schema to the newest revision.
 
         NORMAL, not FULL: a commit survives a killed process but not a power cut. These
         records are soft state that originators refresh and the URS can re-create; three
         fsyncs per registration would double its latency. (The URS keeps FULL.)
         """
         try:
-            engine = await open_database(url, metadata=metadata, synchronous="NORMAL")
+            engine = await open_database(url, schema=SCHEMA, synchronous="NORMAL")
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
         return cls(engine)

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
@@ -30,6 +31,7 @@ from urs.errors import (
     UrsError,
 )
 from urs.indexing import INDEXED_HEADER, MsdIndexer
+from urs.load import LoadMeter, load_middleware
 from urs.metrics import UrsMetrics
 from urs.negotiate import negotiate
 from urs.pages import CONTENT_SECURITY_POLICY, render_landing, render_not_found, render_search
@@ -65,6 +67,8 @@ class UrsContext:
     clock: Callable[[], float]
     metrics: UrsMetrics
     locator: ParentLocator | None = None
+    # In flight and recent rate, for GET /health: how the DNS server ranks replicas.
+    load: LoadMeter = dataclasses.field(default_factory=LoadMeter)
     store_: SessionStore | None = None
     bootstrap_: BootstrapService | None = None
     indexer_: MsdIndexer | None = None
@@ -117,6 +121,7 @@ class RequestRejected(UrsError):
 
 
 def add_routes(app: web.Application) -> None:
+    app.middlewares.append(load_middleware(app[CONTEXT].load, clock=time.monotonic))
     app.middlewares.append(observe)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
@@ -398,7 +403,8 @@ async def designated_put(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: 200 with the active session count, 503 when the database does not answer."""
+    """GET /health: 200 with the active session count and the load (requests in flight, and
+    per second over the last 10 s), 503 when the database does not answer."""
     context = request.app[CONTEXT]
     domain = context.settings.domain
     try:
@@ -409,7 +415,8 @@ async def health(request: web.Request) -> web.Response:
             {"status": "unavailable", "domain": domain, "error": "database unreachable"},
             status=503,
         )
-    return web.json_response({"status": "ok", "domain": domain, "sessions": count})
+    return web.json_response({"status": "ok", "domain": domain, "sessions": count,
+                              "load": context.load.report(time.monotonic())})
 
 
 async def metrics(request: web.Request) -> web.Response:

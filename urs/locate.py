@@ -3,6 +3,10 @@
 A real deployment serves every URS on the well-known HTTP port, so a bookmark
 `mcast.ufl.edu/gators` is also a URL a browser opens. Simulated hierarchies run many
 URS on one host, so `_mdns-urs._tcp.<domain>` names the port; without it, port 80.
+
+A domain may run several URS replicas: then DNS names each (SRV records in priority
+order, least loaded first, or several addresses), and `with_failover` tries them in that
+order, moving on when one cannot be reached, so a dead replica costs no error.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import asyncio
 import dataclasses
 import ipaddress
 import time
-from typing import cast
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
+import aiohttp
 import dns.asyncresolver
 import dns.exception
 import dns.name
@@ -31,18 +37,72 @@ class LocateError(UrsError):
 
 
 @dataclasses.dataclass(frozen=True)
-class UrsLocation:
-    """Where a domain's URS listens."""
+class UrsEndpoint:
+    """One URS replica: where it listens."""
 
-    domain: str
     host: str
     port: int
-    port_from_srv: bool
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class UrsLocation:
+    """Where a domain's URS listens: the first replica to try, and all of them in order."""
+
+    domain: str
+    host: str
+    port: int
+    port_from_srv: bool
+    replicas: tuple[UrsEndpoint, ...] = ()  # in the order to try; empty: host:port only
+
+    @property
+    def base_url(self) -> str:
+        return UrsEndpoint(self.host, self.port).base_url
+
+    @property
+    def endpoints(self) -> tuple[UrsEndpoint, ...]:
+        return self.replicas or (UrsEndpoint(self.host, self.port),)
+
+
+T = TypeVar("T")
+# Connecting failed: nothing reached the replica, so trying the next one is always safe.
+_UNREACHABLE: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,
+                                                aiohttp.ConnectionTimeoutError)
+# The connection broke (a replica killed mid-request, a stale pooled connection): safe to
+# retry elsewhere only when the request changes nothing.
+_BROKEN: tuple[type[BaseException], ...] = (aiohttp.ServerDisconnectedError,
+                                           aiohttp.ClientOSError)
+
+
+async def with_failover(
+    location: UrsLocation,
+    call: Callable[[UrsEndpoint, aiohttp.ClientTimeout], Awaitable[T]],
+    *, deadline: float, idempotent: bool = True,
+) -> T:
+    """`call(replica, timeout)` on each replica in turn until one is reached; its result.
+
+    A replica that cannot be reached (refused, or no connection within its share of the
+    time left) passes the turn to the next; so does one whose connection breaks, when the
+    request is `idempotent`. Anything else, an HTTP error included, is the answer. The
+    last replica's failure is raised. `deadline` is on the monotonic clock; `timeout`
+    gives each attempt what is left, connecting within an even share of it.
+    """
+    endpoints = location.endpoints
+    retryable = _UNREACHABLE + (_BROKEN if idempotent else ())
+    for number, endpoint in enumerate(endpoints):
+        left = max(0.05, deadline - time.monotonic())
+        share = left / (len(endpoints) - number)
+        timeout = aiohttp.ClientTimeout(total=left, sock_connect=share)
+        try:
+            return await call(endpoint, timeout)
+        except retryable:
+            if number == len(endpoints) - 1:
+                raise
+    raise AssertionError("unreachable: a location has at least one endpoint")
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:
@@ -113,13 +173,44 @@ async def locate_urs(
                                where=where)
     if address is None:
         raise LocateError(f"{name} has no address record ({where})")
-    host: str = address[0].address
+    hosts = [str(record.address) for record in address]
 
-    port, from_srv = WELL_KNOWN_URS_PORT, False
-    if srv is not None:
-        best = min(srv, key=lambda record: (record.priority, -record.weight))
-        port, from_srv = int(best.port), True
-    return UrsLocation(domain=domain, host=host, port=port, port_from_srv=from_srv)
+    if srv is None:
+        replicas = tuple(UrsEndpoint(host, WELL_KNOWN_URS_PORT) for host in hosts)
+    else:
+        replicas = await _srv_endpoints(resolver, srv, mcast=name, hosts=hosts,
+                                        deadline=deadline, where=where)
+    first = replicas[0]
+    return UrsLocation(domain=domain, host=first.host, port=first.port,
+                       port_from_srv=srv is not None, replicas=replicas)
+
+
+async def _srv_endpoints(
+    resolver: dns.asyncresolver.Resolver, srv: dns.resolver.Answer, *, mcast: str,
+    hosts: list[str], deadline: float, where: str,
+) -> tuple[UrsEndpoint, ...]:
+    """The SRV records' targets and ports, lowest priority (least loaded) first.
+
+    A target's address comes from the answer's additional section, else from the
+    `mcast.<domain>` lookup when it is that name, else from a lookup of its own."""
+    records = sorted(srv, key=lambda record: (record.priority, -record.weight))
+    glue: dict[str, list[str]] = {dns.name.from_text(mcast).to_text().lower(): hosts}
+    for rrset in srv.response.additional:
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            glue.setdefault(rrset.name.to_text().lower(), []).extend(
+                str(r.address) for r in rrset)
+    missing = sorted({r.target.to_text().lower() for r in records} - set(glue))
+    found = await asyncio.gather(*(_query(resolver, target, dns.rdatatype.A,
+                                          deadline=deadline, where=where)
+                                   for target in missing), return_exceptions=True)
+    for target, answer in zip(missing, found, strict=True):
+        if isinstance(answer, dns.resolver.Answer):
+            glue[target] = [str(r.address) for r in answer]
+    endpoints = [UrsEndpoint(host, int(record.port)) for record in records
+                 for host in glue.get(record.target.to_text().lower(), [])[:1]]
+    if not endpoints:
+        raise LocateError(f"no SRV target of {srv.qname} has an address ({where})")
+    return tuple(dict.fromkeys(endpoints))
 
 
 async def _query(

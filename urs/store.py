@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from msd.database import DatabaseError, open_database
+from msd.migrate import Schema
 from msd.schema import Session, SessionRecord
 from urs.errors import (
     IdTakenError,
@@ -93,6 +95,11 @@ msd_members = Table(
 )
 
 
+# Made by the Alembic revisions in urs/migrations/versions/ (docs/deploy.md, "Upgrades").
+SCHEMA = Schema(name="urs", metadata=metadata, migrations=Path(__file__).with_name("migrations"),
+                baseline="0001", marker_table="sessions", head="0001")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Member:
     """One MSD daemon of a domain as it last reported itself."""
@@ -143,9 +150,9 @@ class SessionStore:
 
     @classmethod
     async def open(cls, url: str) -> SessionStore:
-        """Connect (SQLite: WAL, synchronous=FULL) and create missing tables."""
+        """Connect (SQLite: WAL, synchronous=FULL) and upgrade the schema to the newest revision."""
         try:
-            engine = await open_database(url, metadata=metadata, synchronous="FULL")
+            engine = await open_database(url, schema=SCHEMA, synchronous="FULL")
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
         return cls(engine)

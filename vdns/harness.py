@@ -32,6 +32,7 @@ from urs.settings import UrsSettings
 from vdns.errors import VdnsError
 from vdns.mds import DomainConfig
 from vdns.msds import DomainMsds, MsdLaunch
+from vdns.replicas import Replica
 from vdns.server import DnsServer
 from vdns.sockets import bind_dns_sockets, remap_ports
 
@@ -39,6 +40,28 @@ log = logging.getLogger(__name__)
 
 MULTICAST_MODES = ("asm", "ssm", "none")
 MAX_MSDS_PER_DOMAIN = 16
+MAX_URS_REPLICAS = 16
+DOMAIN_PLACEHOLDER = "{domain}"  # in a database URL: each domain's own database
+
+
+@dataclasses.dataclass
+class UrsReplica:
+    """One URS process (here: an aiohttp runner) of a domain; all share the domain's database."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+    alive: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def kill(self) -> None:
+        """Stop serving at once: its port refuses connections from now on."""
+        if self.alive:
+            self.alive = False
+            await self.runner.cleanup()
 
 
 @dataclasses.dataclass
@@ -47,8 +70,9 @@ class RunningDomain:
 
     config: DomainConfig
     dns: DnsServer
-    urs: web.AppRunner
+    urs: web.AppRunner  # the first URS replica's, at the .mds file's URSIP:URSPort
     msds: DomainMsds | None = None
+    replicas: list[UrsReplica] = dataclasses.field(default_factory=list)  # every URS replica
 
     @property
     def dns_address(self) -> tuple[str, int]:
@@ -77,11 +101,21 @@ class Hierarchy:
         multicast_blocked: Sequence[str] = (),
         interface: str = "127.0.0.1",
         inter_domain_delay: Delay | None = None,
+        database_url: str | None = None,
+        urs_replicas: int = 1,
+        health_interval_s: float = 1.0,
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
         if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
             raise VdnsError(f"--msds must be 0..{MAX_MSDS_PER_DOMAIN}, got {msds}")
+        if not 1 <= urs_replicas <= MAX_URS_REPLICAS:
+            raise VdnsError(f"--urs-replicas must be 1..{MAX_URS_REPLICAS}, got {urs_replicas}")
+        # Replica 0 listens at the .mds file's URSPort, the others on free ports; with more
+        # than one, each DNS server checks its domain's replicas and answers with the healthy
+        # ones, least loaded first.
+        self.urs_replicas = urs_replicas
+        self.health_interval_s = health_interval_s
         self._configs = list(configs)
         self.data_dir = data_dir
         self.multicast_mode = multicast_mode
@@ -98,6 +132,11 @@ class Hierarchy:
         unknown = self.multicast_blocked - {c.domain for c in self._configs}
         if unknown:
             raise VdnsError(f"no such domain to block multicast for: {', '.join(sorted(unknown))}")
+        if (database_url is not None and DOMAIN_PLACEHOLDER not in database_url
+                and len(self._configs) > 1):
+            raise VdnsError(f"--database: a hierarchy of {len(self._configs)} domains needs "
+                            f"one database per domain; put {DOMAIN_PLACEHOLDER} in the URL")
+        self.database_url = database_url
         self.domains: dict[str, RunningDomain] = {}
 
     def __repr__(self) -> str:
@@ -117,11 +156,18 @@ class Hierarchy:
                 configs = remap_ports(configs, bound.port_map)
             for config in configs:
                 udp, tcp = bound.dns[config.domain]
-                urs_sock = bound.urs[config.domain]
-                dns_server = DnsServer(config)
+                urs_socks = bound.urs[config.domain]
+                addresses = [Replica(config.urs_ip, sock.getsockname()[1]) for sock in urs_socks]
+                dns_server = DnsServer(
+                    config, urs_replicas=addresses if len(addresses) > 1 else (),
+                    health_interval_s=self.health_interval_s)
                 await dns_server.start(udp_sock=udp, tcp_sock=tcp)
-                runner = await self._start_urs(config, urs_sock)
-                self.domains[config.domain] = RunningDomain(config, dns_server, runner)
+                replicas = [UrsReplica(await self._start_urs(config, sock), where.address,
+                                       where.port)
+                            for sock, where in zip(urs_socks, addresses, strict=True)]
+                self.domains[config.domain] = RunningDomain(config, dns_server,
+                                                            replicas[0].runner,
+                                                            replicas=replicas)
                 log.info("domain %s: DNS 127.0.0.1:%d, URS %s:%d", config.domain,
                          config.self_port, config.urs_ip, config.urs_port)
             if self.msds:
@@ -142,10 +188,20 @@ class Hierarchy:
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
                 in_process=self.msd_in_process, interface=self.interface,
                 multicast=running.config.domain not in self.multicast_blocked,
-                database_url=sqlite_url(self.data_dir, running.config.domain),
-                inter_domain_delay=self.inter_domain_delay)
+                database_url=self.domain_database(running.config.domain),
+                inter_domain_delay=self.inter_domain_delay,
+                urs_fallbacks=tuple(r.url for r in running.replicas[1:]))
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
+
+    def domain_database(self, domain: str, *, store: str = "msd") -> str:
+        """The database of one domain's MSDs (or, with `store="urs"`, of its URS): the
+        `database_url` with the domain put in, else an SQLite file in the data directory."""
+        if self.database_url is not None:
+            return self.database_url.replace(DOMAIN_PLACEHOLDER, domain)
+        if store == "urs":
+            return ""  # the URS's own default, <data_dir>/<domain>/urs.sqlite
+        return sqlite_url(self.data_dir, domain)
 
     def _bind_all(self, sockets: list[socket.socket]) -> _Bound:
         bound = _Bound()
@@ -163,10 +219,12 @@ class Hierarchy:
             sockets += [udp, tcp]
             bound.dns[config.domain] = (udp, tcp)
             bound.port_map[config.self_port] = udp.getsockname()[1]
-            urs_sock = _bind_tcp(config.urs_ip, urs_port, what=f"URS of {config.domain}")
-            sockets.append(urs_sock)
-            bound.urs[config.domain] = urs_sock
-            bound.port_map[config.urs_port] = urs_sock.getsockname()[1]
+            urs_socks = [_bind_tcp(config.urs_ip, urs_port if n == 0 else 0,
+                                   what=f"URS of {config.domain}")
+                         for n in range(self.urs_replicas)]
+            sockets += urs_socks
+            bound.urs[config.domain] = urs_socks
+            bound.port_map[config.urs_port] = urs_socks[0].getsockname()[1]
         return bound
 
     async def _start_urs(self, config: DomainConfig, sock: socket.socket) -> web.AppRunner:
@@ -177,6 +235,7 @@ class Hierarchy:
             data_dir=domain_dir,
             multicast_mode=self.multicast_mode,
             msd_key=_msd_key(domain_dir),
+            database_url=self.domain_database(config.domain, store="urs"),
         )
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
@@ -223,8 +282,9 @@ class Hierarchy:
         await asyncio.gather(*(d.msds.close() for d in domains if d.msds is not None),
                              return_exceptions=True)
         for domain in domains:
-            with contextlib.suppress(Exception):
-                await domain.urs.cleanup()
+            for replica in domain.replicas:
+                with contextlib.suppress(Exception):
+                    await replica.kill()
             with contextlib.suppress(Exception):
                 await domain.dns.close()
 
@@ -232,7 +292,7 @@ class Hierarchy:
 @dataclasses.dataclass
 class _Bound:
     dns: dict[str, tuple[socket.socket, socket.socket]] = dataclasses.field(default_factory=dict)
-    urs: dict[str, socket.socket] = dataclasses.field(default_factory=dict)
+    urs: dict[str, list[socket.socket]] = dataclasses.field(default_factory=dict)
     port_map: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
@@ -303,8 +363,11 @@ async def _tree_state(http: ClientSession, domain: RunningDomain) -> tuple[str, 
 
 
 async def _urs_answers(http: ClientSession, domain: RunningDomain) -> bool:
-    try:
-        async with http.get(f"{domain.urs_url}/health") as response:
-            return response.status == 200
-    except (ClientError, TimeoutError):
-        return False
+    for replica in domain.replicas:
+        try:
+            async with http.get(f"{replica.url}/health") as response:
+                if response.status != 200:
+                    return False
+        except (ClientError, TimeoutError):
+            return False
+    return True

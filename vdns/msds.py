@@ -39,6 +39,7 @@ class MsdLaunch:
     multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
     database_url: str | None = None  # the domain's session store, shared by its MSDs
     inter_domain_delay: Delay | None = None  # experiments (in-process daemons only)
+    urs_fallbacks: tuple[str, ...] = ()  # the domain's other URS replicas, tried in turn
 
 
 class _Daemon:
@@ -73,7 +74,8 @@ class _Daemon:
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
                 alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
                 database_url=launch.database_url,
-                inter_domain_delay=launch.inter_domain_delay))
+                inter_domain_delay=launch.inter_domain_delay,
+                urs_fallbacks=launch.urs_fallbacks))
             self.task = asyncio.create_task(self.daemon.run(self._stop),
                                             name=f"msd {self.domain} #{self.index}")
             return
@@ -82,6 +84,7 @@ class _Daemon:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "client.cli", "-v", "msd",
                 "--urs", launch.urs_url,
+                *[arg for url in launch.urs_fallbacks for arg in ("--urs", url)],
                 "--msd-key-file", str(launch.msd_key_file),
                 "--hierarchy-key-file", str(launch.hierarchy_key_file),
                 "--interface", launch.interface,

@@ -8,7 +8,7 @@ import dataclasses
 import enum
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 import dns._asyncbackend
@@ -20,7 +20,9 @@ import dns.message
 import dns.rcode
 
 from vdns.errors import VdnsError
+from vdns.health import CHECK_INTERVAL_S, ReplicaMonitor
 from vdns.mds import DomainConfig
+from vdns.replicas import Replica, ReplicaSet
 from vdns.sockets import bind_dns_sockets
 from vdns.zone import (
     DEFAULT_MAX_FORWARDS,
@@ -76,12 +78,22 @@ class DnsServer:
         max_forwards: int = DEFAULT_MAX_FORWARDS,
         max_tcp_clients: int = DEFAULT_MAX_TCP_CLIENTS,
         tcp_idle_timeout: float = 10.0,
+        urs_replicas: Sequence[Replica] = (),
+        health_interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         self.config = config
         self.host = host
         self.stats = ServerStats()
         self.state = ServerState.NEW
-        self._zone = Zone(config, ns_address=ns_address or host, max_forwards=max_forwards)
+        # With replicas, mcast.<domain> and its SRV name the healthy ones, least loaded first;
+        # without, the .mds file's one URS, as always.
+        self.replicas = ReplicaSet(urs_replicas) if urs_replicas else None
+        self._monitor = (ReplicaMonitor(self.replicas, domain=config.domain,
+                                        interval_s=health_interval_s,
+                                        timeout_s=min(0.8, health_interval_s))
+                         if self.replicas is not None else None)
+        self._zone = Zone(config, ns_address=ns_address or host, max_forwards=max_forwards,
+                          replicas=self.replicas)
         self._forward_timeout = forward_timeout
         self._max_tcp_clients = max_tcp_clients
         self._tcp_idle_timeout = tcp_idle_timeout
@@ -156,6 +168,8 @@ class DnsServer:
             udp_sock.close()  # no-op for a socket a transport already closed
             tcp_sock.close()
             raise
+        if self._monitor is not None:
+            self._monitor.start()
         log.info("DNS of %s serving on %s:%d (UDP, TCP)", self.config.domain, self.host, self.port)
 
     async def close(self) -> None:
@@ -170,6 +184,8 @@ class DnsServer:
                 self._tcp.close()
             if self._udp is not None:
                 self._udp.close()
+            if self._monitor is not None:
+                await self._monitor.close()
             tasks = self._forward_tasks | self._tcp_clients
             for task in tasks:
                 task.cancel()

@@ -22,6 +22,7 @@ import dns.rrset
 
 from vdns.errors import VdnsError
 from vdns.mds import Delegation, DomainConfig
+from vdns.replicas import ReplicaSet
 
 # A query is one question and perhaps an OPT record; anything larger is not one of ours.
 MAX_QUERY_BYTES = 4096
@@ -34,6 +35,8 @@ TCP_LIMIT = 65535
 DEFAULT_MAX_FORWARDS = 256
 
 SRV_NAME = "_mdns-urs._tcp"
+# With URS replicas, the answers that name them change with health and load: short TTLs.
+REPLICA_TTL = 5
 
 IN = dns.rdataclass.IN
 # Meta types that cannot be a question at all (RFC 6891 6.1.1, RFC 8945 5.2).
@@ -98,8 +101,11 @@ def udp_size_limit(query: dns.message.Message) -> int:
 
 
 def encode_response(response: dns.message.Message, *, limit: int) -> bytes:
-    """Wire form within `limit` bytes; dnspython drops what does not fit and sets TC."""
-    return response.to_wire(max_size=limit, prefer_truncation=True)
+    """Wire form within `limit` bytes; dnspython drops what does not fit and sets TC.
+
+    Records keep the zone's order (no shuffle): the replicas' addresses come least loaded
+    first."""
+    return response.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
 
 
 class Zone:
@@ -113,8 +119,12 @@ class Zone:
         ttl: int = 30,
         negative_ttl: int = 5,
         max_forwards: int = DEFAULT_MAX_FORWARDS,
+        replicas: ReplicaSet | None = None,
+        replica_ttl: int = REPLICA_TTL,
     ) -> None:
         self.config = config
+        self.replicas = replicas
+        self._replica_ttl = replica_ttl
         self.origin = dns.name.from_text(config.domain)
         self.max_forwards = max_forwards
         self._ttl = ttl
@@ -150,6 +160,14 @@ class Zone:
                 )
             },
         }
+        self._mcast = mcast
+        self._srv = self._name(SRV_NAME)
+        if replicas is not None:
+            # rN.mcast.<domain>: each replica's own name, the target of its SRV record.
+            self._replica_names = [dns.name.from_text(f"r{n}", origin=mcast)
+                                   for n in range(1, len(replicas.replicas) + 1)]
+            for name, replica in zip(self._replica_names, replicas.replicas, strict=True):
+                self._nodes[name] = _address_node(replica.address, ttl=replica_ttl)
         # Empty non-terminals (here `_tcp.<domain>`) exist and answer NODATA, not NXDOMAIN.
         self._existing: set[dns.name.Name] = set()
         for name in self._nodes:
@@ -292,7 +310,7 @@ class Zone:
             response.set_rcode(dns.rcode.NXDOMAIN)
             self._add(response.authority, self.origin, self._soa)
             return response
-        node = self._nodes.get(qname, {})
+        node = self._node(qname)
         if qtype == dns.rdatatype.ANY:
             found = list(node.values())
         else:
@@ -309,6 +327,20 @@ class Zone:
                     for glue in self._nodes.get(target, {}).values():
                         self._add(response.additional, target, glue)
         return response
+
+    def _node(self, qname: dns.name.Name) -> dict[dns.rdatatype.RdataType, dns.rdataset.Rdataset]:
+        """The RRsets at a name; with replicas, `mcast` and the SRV name follow their ranking."""
+        if self.replicas is None or qname not in (self._mcast, self._srv):
+            return self._nodes.get(qname, {})
+        ranked = self.replicas.ranked()
+        if qname == self._mcast:
+            return _addresses_node([r.address for _, r in ranked], ttl=self._replica_ttl)
+        # The priority is the rank: a client tries the least loaded replica first.
+        records = [f"{rank} 0 {replica.port} {self._replica_names[index]}"
+                   for rank, (index, replica) in enumerate(ranked)]
+        rdatas = [dns.rdata.from_text(IN, dns.rdatatype.SRV, text, origin=self.origin,
+                                      relativize=False) for text in records]
+        return {dns.rdatatype.SRV: dns.rdataset.from_rdata_list(self._replica_ttl, rdatas)}
 
     def _referral(self, query: dns.message.Message, delegation: Delegation) -> dns.message.Message:
         response = self._response(query)
@@ -339,6 +371,19 @@ def _address_node(
         raise VdnsError(f"{address!r} is not an IP address (needed for an A/AAAA record)") from None
     rdtype = dns.rdatatype.AAAA if version == 6 else dns.rdatatype.A
     return {rdtype: dns.rdataset.from_text(IN, rdtype, ttl, address)}
+
+
+def _addresses_node(
+    addresses: list[str], *, ttl: int
+) -> dict[dns.rdatatype.RdataType, dns.rdataset.Rdataset]:
+    """A and AAAA RRsets for several addresses, in the order given, each address once."""
+    by_type: dict[dns.rdatatype.RdataType, list[dns.rdata.Rdata]] = {}
+    for address in dict.fromkeys(addresses):
+        rdtype = (dns.rdatatype.AAAA if ipaddress.ip_address(address).version == 6
+                  else dns.rdatatype.A)
+        by_type.setdefault(rdtype, []).append(dns.rdata.from_text(IN, rdtype, address))
+    return {rdtype: dns.rdataset.from_rdata_list(ttl, rdatas)
+            for rdtype, rdatas in by_type.items()}
 
 
 def _target_of(rdata: dns.rdata.Rdata) -> dns.name.Name | None:

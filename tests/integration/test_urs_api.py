@@ -449,7 +449,13 @@ async def test_records_survive_a_restart(
 async def test_health(client: Client) -> None:
     response = await client.get("/health")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "domain": ROOT_DOMAIN, "sessions": 0}
+    assert await response.json() == {"status": "ok", "domain": ROOT_DOMAIN, "sessions": 0,
+                                     "load": {"in_flight": 0, "rate": 0.0, "window_s": 10.0}}
+    for _ in range(5):  # requests count as load; the health checks themselves do not
+        await client.get("/nothing-here")
+        await client.get("/health")
+    load = (await (await client.get("/health")).json())["load"]
+    assert load == {"in_flight": 0, "rate": 0.5, "window_s": 10.0}
 
 
 async def test_health_is_503_when_the_database_is_unreachable(

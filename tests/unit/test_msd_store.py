@@ -1,4 +1,5 @@
-"""The MSD store on real SQLite files: upserts, expiry and collection, key ranges, geo cells."""
+"""The MSD store on real databases (SQLite files, and PostgreSQL when it can run): upserts,
+expiry and collection, key ranges, geo cells."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +24,7 @@ from msd.store import (
     key_hex,
     sqlite_url,
 )
+from tests.databases import Database
 
 DOMAIN = "dom01.level0.testdomain.info"
 T0 = 1_700_000_000.0
@@ -63,12 +64,6 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / DOMAIN / "msd.sqlite"
 
 
-def rows(tmp_path: Path, table: str) -> list[tuple[Any, ...]]:
-    # The raw file, read beside the store: what is really there, expired or not.
-    with sqlite3.connect(db_path(tmp_path)) as db:
-        return sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-
-
 def uris(records: list[SessionRecord]) -> list[str]:
     return sorted(r.uri for r in records)
 
@@ -79,20 +74,24 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MsdStore]:
-    opened = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+async def store(database: Database) -> AsyncIterator[MsdStore]:
+    opened = await MsdStore.open(database.url)
     try:
         yield opened
     finally:
         await opened.close()
 
 
-async def test_open_creates_the_domain_file_in_wal_mode(store: MsdStore, tmp_path: Path) -> None:
-    await store.ping()
-    assert db_path(tmp_path).is_file()
-    with sqlite3.connect(db_path(tmp_path)) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert DOMAIN in repr(store)
+async def test_open_creates_the_domain_file_in_wal_mode(tmp_path: Path) -> None:
+    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+    try:
+        await store.ping()
+        assert db_path(tmp_path).is_file()
+        with sqlite3.connect(db_path(tmp_path)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert DOMAIN in repr(store)
+    finally:
+        await store.close()
 
 
 def test_sqlite_url_refuses_a_domain_that_is_not_a_directory_name(tmp_path: Path) -> None:
@@ -109,20 +108,22 @@ def test_geo_key_is_the_depth_5_subcell_of_the_one_degree_cell() -> None:
     assert geo_key(-0.5, 179.5) == "89,359/30000"  # the NE quarter, then its SW corner
 
 
-async def test_put_local_twice_is_one_row(store: MsdStore, clock: Clock, tmp_path: Path) -> None:
+async def test_put_local_twice_is_one_row(
+    store: MsdStore, clock: Clock, database: Database
+) -> None:
     session = record(at=GAINESVILLE)
     for _ in range(3):
         await store.put_local(session, now=clock.now)
     assert await store.get_local(session.uri, now=clock.now) == session
-    assert len(rows(tmp_path, "local_sessions")) == 1
-    assert rows(tmp_path, "local_keywords") == [(session.uri, "jazz"), (session.uri, "live")]
-    assert rows(tmp_path, "geo_cells") == [(geo_key(*GAINESVILLE), session.uri, "local")]
+    assert len(await database.rows("local_sessions")) == 1
+    assert await database.rows("local_keywords") == [(session.uri, "jazz"), (session.uri, "live")]
+    assert await database.rows("geo_cells") == [(geo_key(*GAINESVILLE), session.uri, "local")]
     assert await store.counts(now=clock.now) == {
         "local_sessions": 1, "global_records": 0, "shadow_records": 0}
 
 
 async def test_update_replaces_the_keyword_set_and_moves_the_cell(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     await store.put_local(record(keywords=("jazz", "live"), at=GAINESVILLE), now=clock.now)
     clock.advance(10)
@@ -131,8 +132,8 @@ async def test_update_replaces_the_keyword_set_and_moves_the_cell(
     assert await store.search_local("jazz", now=clock.now) == []
     assert await store.search_local("live", now=clock.now) == [newer]
     assert await store.search_local("blues", now=clock.now) == [newer]
-    assert [kw for _, kw in rows(tmp_path, "local_keywords")] == ["blues", "live"]
-    assert rows(tmp_path, "geo_cells") == [(geo_key(*LONDON), newer.uri, "local")]
+    assert [kw for _, kw in await database.rows("local_keywords")] == ["blues", "live"]
+    assert await database.rows("geo_cells") == [(geo_key(*LONDON), newer.uri, "local")]
 
 
 async def test_search_local_filters_by_scope(store: MsdStore, clock: Clock) -> None:
@@ -158,7 +159,7 @@ async def test_limits_are_explicit_and_checked(store: MsdStore, clock: Clock) ->
 
 
 async def test_expiry_hides_and_the_collector_deletes_every_row(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     short = record("short", at=GAINESVILLE, expires_at=T0 + 60)
     long = record("long", at=LONDON, expires_at=T0 + 3600)
@@ -175,18 +176,18 @@ async def test_expiry_hides_and_the_collector_deletes_every_row(
     assert await store.near(every_cell, kinds=list(GeoKind), now=clock.now) == [long]
     assert await store.counts(now=clock.now) == {
         "local_sessions": 1, "global_records": 2, "shadow_records": 2}
-    assert len(rows(tmp_path, "local_sessions")) == 2  # hidden, not yet gone
+    assert len(await database.rows("local_sessions")) == 2  # hidden, not yet gone
 
     # 1 session + 2 keywords + 1 local cell; 4 held records + a global and a shadow cell.
     assert await store.collect_expired(now=clock.now) == 4 + 6
     assert await store.collect_expired(now=clock.now) == 0
     for table in ("local_sessions", "local_keywords", "global_records", "geo_cells"):
-        assert short.uri not in str(rows(tmp_path, table))
-        assert long.uri in str(rows(tmp_path, table))
+        assert short.uri not in str(await database.rows(table))
+        assert long.uri in str(await database.rows(table))
     clock.advance(3600)
     assert await store.collect_expired(now=clock.now) == 10
     for table in ("local_sessions", "local_keywords", "global_records", "geo_cells"):
-        assert rows(tmp_path, table) == []
+        assert await database.rows(table) == []
 
 
 async def test_the_collector_works_in_batches(store: MsdStore, clock: Clock) -> None:
@@ -199,19 +200,19 @@ async def test_the_collector_works_in_batches(store: MsdStore, clock: Clock) -> 
 
 
 async def test_delete_local_takes_its_keyword_and_geo_rows(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     session = record(at=GAINESVILLE)
     await store.put_local(session, now=clock.now)
     await store.put_global("jazz", session, shadow=False, origin=DOMAIN, now=clock.now)
     assert await store.delete_local(session.uri)
     assert not await store.delete_local(session.uri)
-    assert rows(tmp_path, "local_keywords") == []
-    assert rows(tmp_path, "geo_cells") == [(geo_key(*GAINESVILLE), session.uri, "global")]
+    assert await database.rows("local_keywords") == []
+    assert await database.rows("geo_cells") == [(geo_key(*GAINESVILLE), session.uri, "global")]
 
 
 async def test_global_and_shadow_records_are_kept_apart(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     primary = record("p")
     shadowed = record("s")
@@ -222,18 +223,18 @@ async def test_global_and_shadow_records_are_kept_apart(
     assert await store.search_global("jazz", shadow=True, now=clock.now) == [shadowed]
     assert await store.search_global("live", shadow=False, now=clock.now) == []
     key = key_of("jazz")
-    stored = {(r[2], r[3]) for r in rows(tmp_path, "global_records")}
+    stored = {(r[2], r[3]) for r in await database.rows("global_records")}
     assert stored == {(0, key_hex(key)), (1, key_hex(shadow_of(key)))}
     assert await store.counts(now=clock.now) == {
         "local_sessions": 0, "global_records": 1, "shadow_records": 1}
 
 
 async def test_put_global_refuses_a_keyword_the_session_does_not_carry(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     with pytest.raises(StoreError, match="does not carry keyword 'rock'"):
         await store.put_global("rock", record(), shadow=False, origin=DOMAIN, now=clock.now)
-    assert rows(tmp_path, "global_records") == []
+    assert await database.rows("global_records") == []
 
 
 async def test_global_outside_at_the_range_boundaries(store: MsdStore, clock: Clock) -> None:
@@ -267,7 +268,7 @@ async def test_global_outside_at_the_range_boundaries(store: MsdStore, clock: Cl
 
 
 async def test_migration_deletes_records_and_their_last_geo_row(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     session = record(at=LONDON)
     for keyword in session.keywords:
@@ -276,11 +277,11 @@ async def test_migration_deletes_records_and_their_last_geo_row(
     moving = await store.global_outside(0, 1, now=clock.now, limit=100)
     assert sorted(h.keyword for h in moving) == ["jazz", "live"]
     assert await store.delete_global("jazz", session.uri, shadow=False)
-    assert rows(tmp_path, "geo_cells") == [(cell, session.uri, "global")]  # "live" remains
+    assert await database.rows("geo_cells") == [(cell, session.uri, "global")]  # "live" remains
     assert not await store.delete_global("jazz", session.uri, shadow=False)
     assert not await store.delete_global("live", session.uri, shadow=True)
     assert await store.delete_global("live", session.uri, shadow=False)
-    assert rows(tmp_path, "geo_cells") == []
+    assert await database.rows("geo_cells") == []
     assert await store.near([cell_key(*LONDON)], kinds=[GeoKind.GLOBAL], now=clock.now) == []
 
 
@@ -314,10 +315,10 @@ async def test_near_with_more_cells_than_one_query_takes(store: MsdStore, clock:
     assert len(await store.near(every_cell, kinds=["local"], now=clock.now)) == 1
 
 
-async def test_two_stores_on_one_file_see_each_others_writes(
-    store: MsdStore, clock: Clock, tmp_path: Path
+async def test_two_stores_on_one_database_see_each_others_writes(
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
-    other = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+    other = await MsdStore.open(database.url)
     try:
         await store.put_local(record("a"), now=clock.now)
         assert uris(await other.search_local("jazz", now=clock.now)) == [record("a").uri]
@@ -336,8 +337,8 @@ async def test_two_stores_on_one_file_see_each_others_writes(
         await other.close()
 
 
-async def test_a_restart_keeps_everything(tmp_path: Path, clock: Clock) -> None:
-    url = sqlite_url(tmp_path, DOMAIN)
+async def test_a_restart_keeps_everything(database: Database, clock: Clock) -> None:
+    url = database.url
     session = record(at=GAINESVILLE)
     first = await MsdStore.open(url)
     await first.put_local(session, now=clock.now)
@@ -353,18 +354,18 @@ async def test_a_restart_keeps_everything(tmp_path: Path, clock: Clock) -> None:
 
 
 async def test_an_upsert_that_fails_midway_leaves_the_old_version(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     old = record(at=GAINESVILLE)
     await store.put_local(old, now=clock.now)
-    before = {t: rows(tmp_path, t) for t in ("local_sessions", "local_keywords", "geo_cells")}
+    before = {t: await database.rows(t) for t in ("local_sessions", "local_keywords", "geo_cells")}
     # model_construct skips validation: the duplicate keyword fails the keyword insert, after
     # the session row was replaced and the old keywords deleted.
     broken = SessionRecord.model_construct(
         **(record(at=LONDON, title="Broken").model_dump() | {"keywords": ["rock", "rock"]}))
     with pytest.raises(StoreError, match="put local failed: IntegrityError"):
         await store.put_local(broken, now=clock.now + 1)
-    assert {t: rows(tmp_path, t) for t in before} == before
+    assert {t: await database.rows(t) for t in before} == before
     assert await store.get_local(old.uri, now=clock.now) == old
     new = SessionRecord.model_construct(**(broken.model_dump() | {"uri": "mcast.x/new"}))
     with pytest.raises(StoreError):
@@ -393,10 +394,9 @@ async def test_an_unusable_url_or_path_is_a_store_error(tmp_path: Path, case: st
 
 
 async def test_a_corrupt_stored_body_is_a_store_error(
-    store: MsdStore, clock: Clock, tmp_path: Path
+    store: MsdStore, clock: Clock, database: Database
 ) -> None:
     await store.put_local(record(), now=clock.now)
-    with sqlite3.connect(db_path(tmp_path)) as db:
-        db.execute("UPDATE local_sessions SET body = '{\"id\": 1}'")
+    await database.execute("UPDATE local_sessions SET body = '{\"id\": 1}'")
     with pytest.raises(StoreError, match="not a valid session"):
         await store.search_local("jazz", now=clock.now)

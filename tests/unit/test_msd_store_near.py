@@ -1,10 +1,10 @@
-"""The store's proximity search: candidates by sub-cell key ranges, then exact geopy distance."""
+"""The store's proximity search: candidates by sub-cell key ranges, then exact geopy distance
+(on SQLite, and on PostgreSQL when it can run)."""
 
 from __future__ import annotations
 
 import math
 import random
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from msd.geo import InvalidCoordinateError, InvalidRadiusError
 from msd.query import parse, positive_keywords
 from msd.schema import SessionRecord
 from msd.store import HeldRecord, MsdStore, NearRecord, StoreError, sqlite_url
+from tests.databases import BACKENDS, Database
 
 DOMAIN = "dom01.level0.testdomain.info"
 T0 = 1_700_000_000.0
@@ -94,9 +95,15 @@ class World:
         self.store, self.points = store, points
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    store = await MsdStore.open(sqlite_url(tmp_path_factory.mktemp("near"), DOMAIN))
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
+async def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path_factory.mktemp("near"), DOMAIN)
+    else:
+        url = request.getfixturevalue("postgres_server").create_database()
+    store = await MsdStore.open(url)
     points: list[tuple[float, float] | None] = list(_mix(1_500, seed=2010))
     points[::15] = [None] * len(points[::15])  # no coordinates: never in a near: answer
     records = [_record(n, p) for n, p in enumerate(points)]
@@ -171,7 +178,7 @@ async def test_limit_keeps_the_nearest_and_each_search_keeps_to_its_records(
                                                 within_km=100, now=T0) == []
 
 
-async def test_the_issues_check_near_gainesville_within_50_km(tmp_path: Path) -> None:
+async def test_the_issues_check_near_gainesville_within_50_km(database: Database) -> None:
     """The issue's check: `near:29.6,-82.3 within:50` returns exactly the sessions within
     50 km, checked against geopy's geodesic distance on 10,000 random points."""
     query = parse("jazz near:29.6,-82.3 within:50")
@@ -181,7 +188,7 @@ async def test_the_issues_check_near_gainesville_within_50_km(tmp_path: Path) ->
     for _ in range(5_000):  # half within 200 km of the centre: many inside, many just outside
         points.append(_destination(query.near, rnd.uniform(0, 360), rnd.uniform(0, 200)))
         points.append((math.degrees(math.asin(rnd.uniform(-1, 1))), rnd.uniform(-180, 180)))
-    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+    store = await MsdStore.open(database.url)
     try:
         (keyword,) = positive_keywords(query)
         await store.put_global_many(
@@ -199,8 +206,8 @@ async def test_the_issues_check_near_gainesville_within_50_km(tmp_path: Path) ->
     assert sum(45 <= d <= 50 for d in distances) > 100 < sum(50 < d <= 55 for d in distances)
 
 
-async def test_local_near_keeps_scope_expiry_and_coordinates(tmp_path: Path) -> None:
-    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+async def test_local_near_keeps_scope_expiry_and_coordinates(database: Database) -> None:
+    store = await MsdStore.open(database.url)
     try:
         here = _record(1, (29.65, -82.32), scope="local")
         wide = _record(2, (29.7, -82.4))
@@ -227,15 +234,15 @@ async def test_local_near_keeps_scope_expiry_and_coordinates(tmp_path: Path) -> 
         await store.close()
 
 
-async def test_rows_written_with_bare_one_degree_keys_are_still_found(tmp_path: Path) -> None:
+async def test_rows_written_with_bare_one_degree_keys_are_still_found(database: Database) -> None:
     """Before sub-cells the geo rows held 'row,col'; such a row stays a candidate."""
-    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+    store = await MsdStore.open(database.url)
     try:
         old, new = _record(1, (29.65, -82.32)), _record(2, (29.66, -82.31))
         for session in (old, new):
             await store.put_global("jazz", session, shadow=False, origin=DOMAIN, now=T0)
-        with sqlite3.connect(tmp_path / DOMAIN / "msd.sqlite") as db:
-            db.execute("UPDATE geo_cells SET cell = '119,97' WHERE uri = ?", (old.uri,))
+        await database.execute("UPDATE geo_cells SET cell = '119,97' WHERE uri = :uri",
+                               uri=old.uri)
         for km in (2.0, 10.0, 100.0, 1_000.0, 20_004.0):  # the two are 1.5 km apart
             found = await store.search_global_near("jazz", shadow=False, near=(29.65, -82.32),
                                                    within_km=km, now=T0)
@@ -245,8 +252,8 @@ async def test_rows_written_with_bare_one_degree_keys_are_still_found(tmp_path: 
         await store.close()
 
 
-async def test_bulk_put_is_put_global_many_times(tmp_path: Path) -> None:
-    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+async def test_bulk_put_is_put_global_many_times(database: Database) -> None:
+    store = await MsdStore.open(database.url)
     try:
         first = _record(1, (10.0, 10.0))
         moved = first.model_copy(update={"lat": 10.5, "title": "moved"})
@@ -273,7 +280,7 @@ async def test_bulk_put_is_put_global_many_times(tmp_path: Path) -> None:
 async def test_a_bad_circle_is_refused_by_name(
     tmp_path: Path, near: tuple[float, float], km: float, error: type[MsdError]
 ) -> None:
-    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))
+    store = await MsdStore.open(sqlite_url(tmp_path, DOMAIN))  # checked before any query
     try:
         with pytest.raises(error) as raised:
             await store.search_global_near("jazz", shadow=False, near=near, within_km=km,
