@@ -255,8 +255,9 @@ def _stability_parser(experiments: argparse._SubParsersAction[argparse.ArgumentP
     stability.add_argument("--runs", type=int, default=defaults.runs,
                            help=f"runs per cell (default {defaults.runs})")
     stability.add_argument("--time-scale", type=float, default=defaults.time_scale,
-                           metavar="S", help="divide every timer and delay by S "
-                           f"(default {defaults.time_scale:g}: order 1 takes about 50 s a run)")
+                           metavar="S", help="divide every timer and delay by S (default "
+                           f"{defaults.time_scale:g}: a 200 ms heartbeat, order 1 takes about "
+                           "200 s a run; a larger S needs an idle machine)")
     stability.add_argument("--heartbeat", type=float, default=defaults.heartbeat_s,
                            metavar="SECONDS", help="nominal heartbeat, before scaling "
                            f"(default {defaults.heartbeat_s:g})")

@@ -79,7 +79,10 @@ class Hierarchy:
         multicast_blocked: Sequence[str] = (),
         interface: str = "127.0.0.1",
         inter_domain_delay: Delay | None = None,
+        sessions: bool = True,
     ) -> None:
+        """`sessions=False` runs the MSDs without a session store: the tree alone (the
+        stability experiment), and no database to open while other daemons run."""
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
         if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
@@ -96,6 +99,7 @@ class Hierarchy:
         if inter_domain_delay is not None and not msd_in_process:
             raise VdnsError("injected delays need in-process MSDs (msd_in_process=True)")
         self.inter_domain_delay = inter_domain_delay
+        self.sessions = sessions
         self.multicast_blocked = frozenset(multicast_blocked)
         unknown = self.multicast_blocked - {c.domain for c in self._configs}
         if unknown:
@@ -151,7 +155,8 @@ class Hierarchy:
             heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
             in_process=self.msd_in_process, interface=self.interface,
             multicast=running.config.domain not in self.multicast_blocked,
-            database_url=sqlite_url(self.data_dir, running.config.domain),
+            database_url=(sqlite_url(self.data_dir, running.config.domain)
+                          if self.sessions else None),
             inter_domain_delay=self.inter_domain_delay)
         running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
         await running.msds.start()

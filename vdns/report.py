@@ -143,7 +143,10 @@ def stability_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> st
                      f"{row['beta']:g} | {row['route_switches_mean']:.2f} "
                      f"({row['route_switches_max']}) | {row['stabilization_s_mean']:.1f} |")
     worst_skew = max((row["skew_max"] for row in rows), default=0.0)
-    lines += ["", f"Largest skew of any domain at the end of any run: {worst_skew:.1e}.", "",
+    unsettled = [r for r in result["runs"] if not r.get("settled", True)]
+    lines += ["", f"Largest skew of any domain at the end of any run: {worst_skew:.1e}.",
+              f"Runs that did not settle (tables still changing when the run gave up): "
+              f"{len(unsettled)} of {len(result['runs'])}.", "",
               "## Plots", ""]
     for name, _, title, unit in SURFACES:
         lines.append(f"- `{name}.png`: {title} ({unit}) over β (x) and α (y), one panel per "

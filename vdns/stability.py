@@ -63,7 +63,7 @@ class StabilitySettings:
     alphas: tuple[float, ...] = GRID
     betas: tuple[float, ...] = GRID
     runs: int = 3
-    time_scale: float = 20.0
+    time_scale: float = 5.0
     heartbeat_s: float = 1.0  # nominal: divided by time_scale for the daemons
     seed: int = 0
     engine: str = "daemons"
@@ -178,6 +178,13 @@ def _run_quiet(net: VirtualNetwork, *, last: float, heartbeat_s: float) -> float
     return net.now
 
 
+def settled(rows: list[dict[str, Any]], *, heartbeat_s: float) -> bool:
+    """Did the run end quiet (tables unchanged for QUIET_HB heartbeats), every domain in?"""
+    return all(r["joined"] for r in rows) and all(
+        r["stabilization_s"] is not None
+        and r["stabilization_s"] <= (MAX_SETTLE_HB - QUIET_HB) * heartbeat_s for r in rows)
+
+
 # --- one run with real daemons --------------------------------------------------------------
 
 
@@ -189,7 +196,8 @@ async def run_daemons(
     its time in the order; ends QUIET_HB heartbeats after the last routing-table change."""
     hb = heartbeat_s / time_scale
     hierarchy = Hierarchy(list(domains.values()), data_dir=data_dir, ephemeral_ports=True,
-                          msds=1, msd_in_process=True, heartbeat_s=hb, alpha=alpha, beta=beta)
+                          msds=1, msd_in_process=True, heartbeat_s=hb, alpha=alpha, beta=beta,
+                          sessions=False)
     starts = schedule(domains, order=order, delays=delays, time_scale=time_scale)
     try:
         await hierarchy.start(msds_now=False)
@@ -271,15 +279,17 @@ def sweep(
             rows = asyncio.run(_daemon_run(configs[scenario], order=order, delays=delays,
                                            alpha=alpha, beta=beta, settings=settings))
         summary = _summary(rows)
+        quiet = settled(rows, heartbeat_s=settings.heartbeat_s)
         runs.append({"scenario": scenario, "order": order_no, "alpha": alpha, "beta": beta,
                      "run": run, "wall_s": round(time.perf_counter() - wall, 2),
-                     **summary, "domains": rows})
+                     "settled": quiet, **summary, "domains": rows})
         elapsed = time.perf_counter() - began
         say(f"{index + 1}/{total} scenario {scenario} order {order_no} α={alpha:g} β={beta:g} "
             f"run {run}: switches {summary['route_switches_mean']:.2f}/domain (max "
             f"{summary['route_switches_max']}), stabilization {summary['stabilization_s_mean']:.1f}"
             f" s, skew {summary['skew_max']:.1e}; {elapsed:.0f} s wall, about "
-            f"{elapsed / (index + 1) * (total - index - 1):.0f} s to go")
+            f"{elapsed / (index + 1) * (total - index - 1):.0f} s to go"
+            + ("" if quiet else "; NOT SETTLED (tables still changing at the end)"))
     return {"settings": _settings_json(settings), "figures": FIGURES,
             "wall_s": round(time.perf_counter() - began, 1), "runs": runs}
 
