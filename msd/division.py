@@ -49,6 +49,8 @@ class Division:
         self.pieces: dict[str, KeyRange] = {}  # child → its piece
         self.fair = True
         self.generation = 0  # grows with every change of the pieces
+        self.changed_at = 0  # the beat at which a child's count or the children last changed
+        self.stale_since: int | None = None  # the beat at which the split was found stale
 
     def __repr__(self) -> str:
         return (f"<Division {self.domain} range={self.range} owned={self.owned} "
@@ -79,6 +81,31 @@ class Division:
         """Does the split differ from what the current counts ask for?"""
         return not self.fair or any(c.count != c.used for c in self.children.values())
 
+    def changed(self, beat: int) -> None:
+        """A child joined, left or reported another count at this beat."""
+        self.changed_at = beat
+
+    def due(self, *, beat: int, threshold: float, depth: int, quiet: int) -> bool:
+        """Is a stale split to be divided again at this beat? When some count moved by
+        `threshold` (θ: β at a root, α below) of what the split used, or when the counts
+        have been quiet for `quiet` beats.
+
+        At depth d > 0 both wait 2d + 1 beats longer: a count that changed below reached
+        us d beats before it reaches the root, and an ancestor at depth a < d acts
+        2a + 1 beats after it saw the change, so before us. An ancestor that divides
+        again for the same change therefore comes first, its new range for us arrives
+        within network delays, and we divide once, by the current counts, instead of
+        twice (docs/hierarchy.md, "Damping")."""
+        if not self.stale:
+            self.stale_since = None
+            return False
+        if self.stale_since is None:
+            self.stale_since = beat
+        wait = 2 * depth + 1 if depth else 0
+        if self.drift() >= threshold and beat - self.stale_since >= wait:
+            return True
+        return beat - self.changed_at >= quiet + wait
+
     def divide(self) -> bool:
         """Split the range by the children's current counts (ours: one); True if a piece
         moved. Every child's `used` becomes its count."""
@@ -90,6 +117,7 @@ class Division:
             names, weights = [], [1]  # a range too small to share: keep it all
         pieces = split(self.range, weights)
         self.fair = True
+        self.stale_since = None
         return self._set(pieces[0], dict(zip(names, pieces[1:], strict=True)))
 
     def carve(self, name: str, child: Child) -> bool:

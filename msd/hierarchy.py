@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from msd.division import Child, Division, LinkMode
-from msd.keyspace import FULL, SPACE, KeyRange, RoutingTable
+from msd.keyspace import FULL, KeyRange, RoutingTable
 from msd.messages import (
     Assignment,
     CountReport,
@@ -126,8 +126,6 @@ class Node:
         self._tracer_sent_at = now
         self._max_term: dict[str, int] = {}
         self._resplit_unsent = False  # children have not heard the latest split yet
-        self._counts_changed_at = 0  # the beat at which a child's count last changed
-        self._stale_since: int | None = None  # the beat at which the split was found stale
 
     def __repr__(self) -> str:
         return (f"<Node {self.domain} {self.state} parent={self.parent and self.parent.domain}"
@@ -254,18 +252,8 @@ class Node:
         raise LookupError(f"{self.domain} routes {key:032x} to {hop}, whose address it lacks")
 
     def route_rows(self) -> list[dict[str, str | None]]:
-        """The routing table as rows covering the whole space: the default route appears as
-        the rows outside our range (next hop: the parent, or None where nobody is known)."""
-        rows: list[dict[str, str | None]] = []
-        position = 0
-        for rng, hop in self.routes.rows:
-            if rng.start > position:
-                rows.append(_row(KeyRange(position, rng.start), self.routes.default))
-            rows.append(_row(rng, hop))
-            position = rng.end
-        if position < SPACE:
-            rows.append(_row(KeyRange(position, SPACE), self.routes.default))
-        return rows
+        """The routing table as rows covering the whole space (RoutingTable.covering_rows)."""
+        return self.routes.covering_rows()
 
     def status(self) -> dict[str, Any]:
         """The tree as this node sees it, for `mdns status`."""
@@ -391,7 +379,7 @@ class Node:
         if child is None:
             return self._join(report, link, now)
         if child.count != report.count:
-            self._counts_changed_at = self._beats
+            self.division.changed(self._beats)
         child.peer, child.heard_at, child.count = report.address, now, report.count
         if link is LinkMode.UNICAST and child.link is LinkMode.MULTICAST:
             child.link = link
@@ -406,7 +394,7 @@ class Node:
         (nothing else moves), else a fresh division of the whole range."""
         child = Child(peer=report.address, count=report.count, used=report.count,
                       heard_at=now, link=link)
-        self._counts_changed_at = self._beats
+        self.division.changed(self._beats)
         if report.count >= self._threshold * self.division.used_count:
             self.children[report.sender] = child
             self._resplit(now)
@@ -436,7 +424,7 @@ class Node:
         # We are the nearest live ancestor: adopt.
         self.children[orphan] = Child(peer=tracer.orphan, count=1, used=1, heard_at=now,
                                       link=LinkMode.UNICAST, foster=True)
-        self._counts_changed_at = self._beats
+        self.division.changed(self._beats)
         self._resplit(now)
         return [self._unicast(tracer.orphan, Graft, now, adopter=self.address, orphan=orphan),
                 self._heartbeat_to(self.children[orphan], now)]
@@ -451,7 +439,7 @@ class Node:
 
     def _drop_child(self, name: str, now: float) -> list[Action]:
         if self.division.drop(name):
-            self._counts_changed_at = self._beats
+            self.division.changed(self._beats)
             self._resplit(now)
         return []
 
@@ -461,23 +449,10 @@ class Node:
         return self.config.beta if self.acting_root else self.config.alpha
 
     def _split_due(self) -> bool:
-        """On the beat: is a stale split to be refreshed now? When some count moved by θ
-        of what the split used, or the counts have been quiet for `refresh_every` beats.
-
-        Below the root both wait longer, by twice our depth and one beat: a count that
-        changed here reached us d beats before it reaches the root (d = our depth), and
-        an ancestor at depth a < d acts a + 1 beats after that count reached it. So an
-        ancestor that divides again for the same change always comes first, and we
-        divide once, by the current counts, when its new range for us arrives."""
-        if not self.division.stale:
-            self._stale_since = None
-            return False
-        if self._stale_since is None:
-            self._stale_since = self._beats
-        wait = 0 if self.acting_root else 2 * len(self.ancestors) + 1
-        if self.division.drift() >= self._threshold and self._beats - self._stale_since >= wait:
-            return True
-        return self._beats - self._counts_changed_at >= self.config.refresh_every + wait
+        """On the beat: is a stale split to be refreshed now (msd.division.Division.due)?"""
+        depth = 0 if self.acting_root else len(self.ancestors)
+        return self.division.due(beat=self._beats, threshold=self._threshold, depth=depth,
+                                 quiet=self.config.refresh_every)
 
     # --- once per heartbeat ----------------------------------------------------------------
 
@@ -556,7 +531,6 @@ class Node:
         if self.parent is None and self.state is not NodeState.ORPHAN:
             self.range = FULL
         self.division.divide()
-        self._stale_since = None
         self._routes_from_division(now)
 
     def _routes_from_division(self, now: float) -> None:
@@ -580,7 +554,3 @@ class Node:
         self.last_change = now
         return True
 
-
-def _row(rng: KeyRange, hop: str | None) -> dict[str, str | None]:
-    start, end = rng.to_json()
-    return {"start": start, "end": end, "next": hop}
