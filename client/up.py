@@ -132,9 +132,9 @@ async def _run_order(
         nxt = (f"next: domain {upcoming[0].number} in {max(0.0, upcoming[0].at - elapsed):.1f} s"
                if upcoming else "all started")
         return (f"mdns up: start order {order}, time scale {time_scale:g} "
-                f"(heartbeat {hierarchy.heartbeat_s * 1000:.0f} ms); {elapsed:.1f} s = "
+                f"(heartbeat {hierarchy.heartbeat_s * 1000:.0f} ms)\n{elapsed:.1f} s = "
                 f"{elapsed * time_scale:.0f} s nominal; {len(started)}/{len(starts)} started, "
-                f"{nxt}. Ctrl-C stops.")
+                f"{nxt}; Ctrl-C stops")
 
     def on_start(start: Start) -> None:
         started.append(start)

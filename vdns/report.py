@@ -111,8 +111,11 @@ def stability_markdown(result: dict[str, Any], rows: list[dict[str, Any]]) -> st
     lines = [
         "# Stability experiment",
         "",
-        f"Engine `{settings['engine']}`, time scale {settings['time_scale']:g}, nominal "
-        f"heartbeat {settings['heartbeat_s']:g} s, {settings['runs']} run(s) per cell, seed "
+        f"Engine `{settings['engine']}`, "
+        + (f"time scale {settings['time_scale']:g}, " if settings["engine"] != "sim"
+           else "virtual clock, ")
+        + f"nominal heartbeat {settings['heartbeat_s']:g} s, {settings['runs']} run(s) per "
+        f"cell, seed "
         f"{settings['seed']}; {len(result['runs'])} runs in {result['wall_s']:.0f} s wall.",
         "Times are nominal seconds (real seconds × time scale). Figures per domain, averaged "
         "over the domains of a run, then over the runs of a cell.",
