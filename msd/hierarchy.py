@@ -34,6 +34,7 @@ from msd.messages import (
 )
 
 MAX_TRACER_HOPS = 64
+STALL_HB = 0.5  # a gap between ticks longer than this (in heartbeats) is our stall
 MAX_ANCESTORS = 64  # the codec's limit; deeper trees keep the 64 nearest ancestors
 
 
@@ -122,6 +123,7 @@ class Node:
         self._seq = 0
         self._beats = 0
         self._last_tick = now
+        self._ticked_at = now  # the last tick (of any kind), for stall detection
         self._tracing: list[Peer] = []  # ancestors still to try, nearest-to-root first
         self._tracer_sent_at = now
         self._max_term: dict[str, int] = {}
@@ -160,6 +162,7 @@ class Node:
     def tick(self, now: float) -> list[Action]:
         """Timers: parent silence, child timeouts, heartbeats and reports once per interval."""
         actions: list[Action] = []
+        self._forgive_stall(now)
         beat = now - self._last_tick >= self.config.heartbeat_s * 0.999
         actions += self._check_parent(now)
         actions += self._check_children(now)
@@ -168,6 +171,22 @@ class Node:
             self._beats += 1
             actions += self._beat(now)
         return self._with_split_news(actions, now)
+
+    def _forgive_stall(self, now: float) -> None:
+        """Silence is counted in time we ran: after a gap between ticks longer than
+        STALL_HB heartbeats (our process did not run: a busy machine, a blocked event loop)
+        the gap is credited to the parent and every child, whose datagrams are still
+        queued in our sockets. Otherwise a stall of 3 heartbeats would drop every child
+        and orphan us, and each such round moves ranges. A dead peer's silence still
+        counts from the next tick on."""
+        gap = now - self._ticked_at
+        self._ticked_at = now
+        if gap <= STALL_HB * self.config.heartbeat_s:
+            return
+        self.parent_heard_at += gap
+        for child in self.children.values():
+            child.heard_at += gap
+        self._tracer_sent_at += gap
 
     def receive(self, message: Message, now: float, *, multicast: bool) -> list[Action]:
         """One authenticated control message, from a channel or the unicast socket."""
