@@ -56,3 +56,18 @@ def test_a_tree_formed_in_a_start_order_is_whole_fair_and_switches_little(
     switches = [n.route_switches for n in nodes]
     assert sum(switches) / len(switches) <= 6.5
     assert max(switches) <= 13
+
+
+def test_mdns_up_refuses_a_bad_order_before_starting_anything(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from client.cli import main
+
+    base = ["up", str(CONFIGS / "scenario1"), "--data-dir", str(tmp_path / "data")]
+    assert main([*base, "--delays", "5,5"]) == 1
+    assert "--delays goes with --order" in capsys.readouterr().err
+    assert main([*base, "--order", "10,4"]) == 1
+    assert "every domain once" in capsys.readouterr().err
+    assert main([*base, "--order", "10,4,5,6,1,2,7,8,9,3", "--time-scale", "0"]) == 1
+    assert "--time-scale" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
