@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from client.errors import ClientError
 from client.ops_commands import COMMANDS as OPS_COMMANDS
@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "'postgresql+asyncpg://mdns@/mdns_{domain}?host=/run/postgresql'; "
                              "{domain} is replaced by the domain (the databases must exist); "
                              "default: SQLite files in the data directory")
+    up_cmd.add_argument("--order", metavar="LIST",
+                        help="start the MSDs one domain at a time in this order of domain "
+                             "numbers (the NN of domainNN-*.mds), e.g. 10,4,5,6,1,2,7,8,9,3, "
+                             "and show the tree forming (redrawn on a terminal, a line per "
+                             "change otherwise)")
+    up_cmd.add_argument("--delays", metavar="LIST",
+                        help="seconds to wait after starting domain d: the d-th value, e.g. "
+                             "5,5,5,10,30,600,5,5,300,30 (default: 5 s each)")
+    up_cmd.add_argument("--time-scale", type=float, default=1.0, metavar="S",
+                        help="divide every protocol timer (the heartbeat) and every delay by "
+                             "S: S=100 runs a 20-minute start order in 12 s (default 1)")
     _tree_options(up_cmd)
 
     status_cmd = commands.add_parser(
@@ -180,15 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
             "an independently chosen random domain until found. Every inter-domain message "
             "is delayed uniformly at random in --delay milliseconds. Reports min, median, "
             "mean, p95, max and std-dev, cold and with a warm redirection cache."))
-    latency.add_argument("--domains", type=int, default=5, choices=range(1, 6), metavar="1..5")
+    latency.add_argument("--domains", default="5", metavar="N|A-B",
+                         help="domains of the chain, 1..5, or a range such as 1-5 to run "
+                              "each count in turn (default 5)")
     latency.add_argument("--delay", default="25-100", metavar="LOW-HIGH",
                          help="inter-domain delay range in ms (default 25-100)")
     latency.add_argument("--keywords", type=Path, default=KEYWORDS_FILE, metavar="FILE",
                          help="one keyword a line (default: the dissertation's 306)")
     latency.add_argument("--seed", type=int, default=0)
     latency.add_argument("--json", action="store_true",
-                         help='print {"cold": {...}, "warm": {...}}')
+                         help='print {"cold": {...}, "warm": {...}} (a list for a range)')
+    latency.add_argument("--out", type=Path, metavar="DIR",
+                         help="write a report: samples.csv, summary.csv, summary.md and "
+                              "latency.png (min/median/mean/max against the domains)")
     _scale_parser(experiments)
+    _stability_parser(experiments)
     return parser
 
 
@@ -225,6 +242,50 @@ def _scale_parser(experiments: argparse._SubParsersAction[argparse.ArgumentParse
                        f"time (default {defaults.max_virtual_s:g})")
     scale.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _tree_options(scale)
+
+
+def _stability_parser(experiments: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vdns.stability import FIGURES, StabilitySettings
+
+    defaults = StabilitySettings()
+    stability = experiments.add_parser(
+        "stability", help="start orders × α/β on the 10-domain scenarios: switches, skew, "
+                          "bandwidth, stabilization, score",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FIGURES,
+        description=(
+            "For each scenario, start order and alpha <= beta (0.1 to 1.9 in steps of 0.2 by\n"
+            "default), --runs runs: start the domains' MSDs in the dissertation's order and\n"
+            "delays, every timer and delay divided by --time-scale, and measure per domain.\n"
+            "The default engine runs real MSD daemons (in this process, on loopback); 'sim'\n"
+            "runs the same tree cores on a virtual network and clock (fast, exact).\n"
+            "Progress on stderr; --out DIR writes CSV, a markdown summary and PNG plots;\n"
+            "docs/experiments.md explains every figure."))
+    stability.add_argument("--scenario", default="1,2,3", metavar="LIST",
+                           help="scenarios to run, e.g. 3 or 1,3 (default 1,2,3)")
+    stability.add_argument("--order", default="1,2", metavar="LIST",
+                           help="start orders to run, 1 and/or 2 (default 1,2)")
+    stability.add_argument("--alpha", metavar="LIST",
+                           help="alpha values, e.g. 0.5 or 0.1,0.9 (default 0.1,0.3,...,1.9)")
+    stability.add_argument("--beta", metavar="LIST",
+                           help="beta values (default 0.1,0.3,...,1.9); cells with "
+                                "alpha > beta are skipped")
+    stability.add_argument("--runs", type=int, default=defaults.runs,
+                           help=f"runs per cell (default {defaults.runs})")
+    stability.add_argument("--time-scale", type=float, default=defaults.time_scale,
+                           metavar="S", help="divide every timer and delay by S (default "
+                           f"{defaults.time_scale:g}: a 200 ms heartbeat, order 1 takes about "
+                           "200 s a run; a larger S needs an idle machine)")
+    stability.add_argument("--heartbeat", type=float, default=defaults.heartbeat_s,
+                           metavar="SECONDS", help="nominal heartbeat, before scaling "
+                           f"(default {defaults.heartbeat_s:g})")
+    stability.add_argument("--engine", choices=("daemons", "sim"), default=defaults.engine,
+                           help="real daemons (default) or the virtual-clock simulator")
+    stability.add_argument("--seed", type=int, default=defaults.seed,
+                           help="seeds the simulator's network jitter (default 0)")
+    stability.add_argument("--out", type=Path, metavar="DIR",
+                           help="write domains.csv, cells.csv, summary.md and the PNG plots")
+    stability.add_argument("--json", action="store_true",
+                           help="print every run's figures (per domain too) as JSON")
 
 
 def _tree_options(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +350,17 @@ async def _resolve(args: argparse.Namespace, *, out: TextIO) -> int:
 def _up(args: argparse.Namespace) -> int:
     from client.up import run_up  # the server side pulls in more than `resolve` needs
 
+    if not 0 < args.time_scale <= 1000 or args.heartbeat <= 0:
+        raise ClientError("--time-scale must be in (0, 1000] and --heartbeat more than 0")
+    if args.delays and not args.order:
+        raise ClientError("--delays goes with --order")
+    order = delays = None
+    if args.order:
+        numbers = _floats(args.order, what="--order") or ()
+        if any(not n.is_integer() for n in numbers):
+            raise ClientError("--order takes domain numbers, e.g. 10,4,5")
+        order = [int(n) for n in numbers]
+        delays = list(_floats(args.delays, what="--delays") or [5.0] * max(order))
     asyncio.run(run_up(
         args.directory,
         data_dir=args.data_dir,
@@ -305,6 +377,9 @@ def _up(args: argparse.Namespace) -> int:
         database_url=args.database,
         urs_replicas=args.urs_replicas,
         out=sys.stdout,
+        order=order,
+        delays=delays,
+        time_scale=args.time_scale,
     ))
     return 0
 
@@ -325,7 +400,9 @@ async def _status(args: argparse.Namespace, *, out: TextIO) -> int:
 def _experiment(args: argparse.Namespace, *, out: TextIO) -> int:
     if args.experiment == "scale":
         return _scale(args, out=out)
-    from vdns.experiments import LatencySettings, format_report, latency
+    if args.experiment == "stability":
+        return _stability(args, out=out)
+    from vdns.experiments import MAX_DOMAINS, LatencySettings, format_report, latency
 
     try:
         low, high = (float(part) for part in args.delay.split("-", 1))
@@ -338,12 +415,100 @@ def _experiment(args: argparse.Namespace, *, out: TextIO) -> int:
         keywords = tuple(w.strip() for w in args.keywords.read_text().split() if w.strip())
     except OSError as exc:
         raise ClientError(f"--keywords {args.keywords}: {exc.strerror}") from None
-    settings = LatencySettings(domains=args.domains, delay_ms=(low, high), seed=args.seed,
-                               keywords=keywords, scenario_dir=CONFIGS_DIR / "scenario3")
-    result = asyncio.run(latency(settings, progress=lambda text: print(
-        text, file=sys.stderr, flush=True)))
-    print(json.dumps(result, indent=2) if args.json else format_report(result), file=out)
+    counts = _domain_counts(args.domains, most=MAX_DOMAINS)
+    results = []
+    for count in counts:
+        settings = LatencySettings(domains=count, delay_ms=(low, high), seed=args.seed,
+                                   keywords=keywords, scenario_dir=CONFIGS_DIR / "scenario3")
+
+        def say(text: str, count: int = count) -> None:
+            print(f"latency, {count} domain(s): {text}", file=sys.stderr, flush=True)
+
+        results.append(asyncio.run(latency(settings, progress=say)))
+    if args.out is not None:
+        from vdns.report import latency_report
+
+        written = latency_report(results, args.out)
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    printable = [{k: v for k, v in r.items() if k != "samples_ms"} for r in results]
+    if args.json:
+        print(json.dumps(printable[0] if len(printable) == 1 else printable, indent=2), file=out)
+    else:
+        print("\n\n".join(format_report(r) for r in printable), file=out)
     return 0
+
+
+def _domain_counts(text: str, *, most: int) -> list[int]:
+    """'3' → [3]; '1-5' → [1, 2, 3, 4, 5]."""
+    try:
+        low, _, high = text.partition("-")
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise ClientError(f"--domains {text!r}: expected N or A-B, e.g. 5 or 1-5") from None
+    if not 1 <= first <= last <= most:
+        raise ClientError(f"--domains: need 1 <= A <= B <= {most}")
+    return list(range(first, last + 1))
+
+
+def _floats(text: str | None, *, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ClientError(f"{what} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise ClientError(f"{what}: no value given")
+    return values
+
+
+def _stability(args: argparse.Namespace, *, out: TextIO) -> int:
+    from vdns.stability import GRID, StabilitySettings, sweep
+
+    scenarios = _floats(args.scenario, what="--scenario") or ()
+    orders = _floats(args.order, what="--order") or ()
+    if any(not v.is_integer() for v in (*scenarios, *orders)):
+        raise ClientError("--scenario and --order take whole numbers")
+    if args.heartbeat <= 0:
+        raise ClientError("--heartbeat must be more than 0")
+    settings = StabilitySettings(
+        scenarios=tuple(int(v) for v in scenarios), orders=tuple(int(v) for v in orders),
+        alphas=_floats(args.alpha, what="--alpha") or GRID,
+        betas=_floats(args.beta, what="--beta") or GRID, runs=args.runs,
+        time_scale=args.time_scale, heartbeat_s=args.heartbeat, seed=args.seed,
+        engine=args.engine, configs_dir=CONFIGS_DIR)
+    result = sweep(settings, progress=lambda text: print(f"stability: {text}", file=sys.stderr,
+                                                         flush=True))
+    if args.out is not None:
+        from vdns.report import stability_report
+
+        written = stability_report(result, args.out)
+        print(f"stability: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result["runs"], indent=2), file=out)
+    else:
+        print(format_stability(result), file=out)
+    return 0
+
+
+def format_stability(result: dict[str, Any]) -> str:
+    """One line per cell (means over its runs), then the best cell of each scenario/order."""
+    from vdns.report import best_cells, cells
+
+    rows = cells(result)
+    lines = [f"{'scen':>4} {'order':>5} {'alpha':>5} {'beta':>5} {'runs':>4} "
+             f"{'switches':>9} {'max':>4} {'stab s':>7} {'skew max':>9} {'B/s':>6} {'score':>6}"]
+    for r in rows:
+        lines.append(f"{r['scenario']:>4} {r['order']:>5} {r['alpha']:>5g} {r['beta']:>5g} "
+                     f"{r['runs']:>4} {r['route_switches_mean']:>9.2f} "
+                     f"{r['route_switches_max']:>4} {r['stabilization_s_mean']:>7.1f} "
+                     f"{r['skew_max']:>9.1e} {r['control_bytes_per_s_mean']:>6.0f} "
+                     f"{r['score_mean']:>6.3f}")
+    lines.append("")
+    lines.append("best (lowest score) per scenario and order: " + "; ".join(
+        f"{r['scenario']}/{r['order']}: α={r['alpha']:g} β={r['beta']:g} "
+        f"({r['route_switches_mean']:.2f} switches)" for r in best_cells(rows)))
+    return "\n".join(lines)
 
 
 def _scale(args: argparse.Namespace, *, out: TextIO) -> int:

@@ -1,16 +1,23 @@
-"""`mdns up DIR`: run a hierarchy of `.mds` domains on loopback until Ctrl-C or SIGTERM."""
+"""`mdns up DIR`: run a hierarchy of `.mds` domains on loopback until Ctrl-C or SIGTERM.
+
+With `--order` the MSDs start as the dissertation's controller started them (an order
+and per-domain delays, vdns.startorder), every timer and delay divided by the time scale,
+while a live view (client.treewatch) shows the tree forming.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,8 +26,11 @@ import aiohttp
 
 from client.errors import ClientError
 from client.register import register_with_urs
+from client.treewatch import watch
+from vdns.errors import VdnsError
 from vdns.harness import Hierarchy
 from vdns.mds import load_hierarchy
+from vdns.startorder import Start, numbered, schedule
 
 log = logging.getLogger(__name__)
 
@@ -62,32 +72,110 @@ async def run_up(
     database_url: str | None = None,
     urs_replicas: int = 1,
     stop: asyncio.Event | None = None,
+    order: Sequence[int] | None = None,
+    delays: Sequence[float] | None = None,
+    time_scale: float = 1.0,
 ) -> None:
-    """Start every domain, wait until all answer, register the samples, then run until stopped."""
+    """Start every domain, wait until all answer, register the samples, then run until stopped.
+
+    With `order` (and `delays`, indexed by domain number) the MSDs start one by one as the
+    dissertation's controller started them; `time_scale` divides the heartbeat (so every
+    protocol timer) and the delays."""
     configs = load_hierarchy(config_dir)
+    starts: list[Start] = []
+    if order is not None:
+        if not msds:
+            raise ClientError("--order starts MSD daemons: it needs --msds 1 or more")
+        starts = schedule(numbered(config_dir), order=order, delays=delays or (),
+                          time_scale=time_scale)
     samples_path = config_dir / SAMPLES_FILE
     # Read (and reject) the samples before anything starts listening.
     samples = _load_samples(samples_path) if register_samples and samples_path.exists() else []
     data_dir = data_dir or default_data_dir(config_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
-                          ephemeral_ports=ephemeral_ports, msds=msds, heartbeat_s=heartbeat_s,
+                          ephemeral_ports=ephemeral_ports, msds=msds,
+                          heartbeat_s=heartbeat_s / time_scale,
                           multicast_blocked=multicast_blocked, interface=interface,
                           alpha=alpha, beta=beta, database_url=database_url,
                           urs_replicas=urs_replicas)
     stop = stop or _stop_on_signals()
     try:
-        await hierarchy.start()
-        await hierarchy.wait_ready(timeout=ready_timeout)
-        if msds:
-            await hierarchy.wait_settled(timeout=ready_timeout)
-        registered = await _register_samples(hierarchy, samples, data_dir=data_dir, out=out)
-        _print_summary(hierarchy, registered, data_dir=data_dir, out=out)
-        await stop.wait()
+        await hierarchy.start(msds_now=not starts)
+        await hierarchy.wait_ready(timeout=ready_timeout, designated=not starts)
+        if starts:
+            await _run_order(hierarchy, starts, samples=samples, data_dir=data_dir, out=out,
+                             stop=stop, time_scale=time_scale, ready_timeout=ready_timeout)
+        else:
+            if msds:
+                await hierarchy.wait_settled(timeout=ready_timeout)
+            registered = await _register_samples(hierarchy, samples, data_dir=data_dir, out=out)
+            _print_summary(hierarchy, registered, data_dir=data_dir, out=out)
+            await stop.wait()
         print("\nmdns up: stopping ...", file=out, flush=True)
     finally:
         await hierarchy.close()
     print("mdns up: stopped cleanly", file=out, flush=True)
+
+
+async def _run_order(
+    hierarchy: Hierarchy, starts: list[Start], *, samples: list[tuple[str, dict[str, Any]]],
+    data_dir: Path, out: TextIO, stop: asyncio.Event, time_scale: float, ready_timeout: float,
+) -> None:
+    """Start the MSDs in order under the live view; register the samples once the tree has
+    settled; keep the view until stopped, then print the usual summary."""
+    tty = out.isatty()
+    began = time.monotonic()
+    started: list[Start] = []
+    order = ",".join(str(s.number) for s in starts)
+
+    def header() -> str:
+        elapsed = time.monotonic() - began
+        upcoming = [s for s in starts if s not in started]
+        nxt = (f"next: domain {upcoming[0].number} in {max(0.0, upcoming[0].at - elapsed):.1f} s"
+               if upcoming else "all started")
+        return (f"mdns up: start order {order}, time scale {time_scale:g} "
+                f"(heartbeat {hierarchy.heartbeat_s * 1000:.0f} ms)\n{elapsed:.1f} s = "
+                f"{elapsed * time_scale:.0f} s nominal; {len(started)}/{len(starts)} started, "
+                f"{nxt}; Ctrl-C stops")
+
+    def on_start(start: Start) -> None:
+        started.append(start)
+        if not tty:
+            print(f"[{time.monotonic() - began:8.2f} s] started domain {start.number} "
+                  f"({start.config.domain})", file=out, flush=True)
+
+    urls = {name: d.urs_url for name, d in hierarchy.domains.items()}
+    interval = max(0.2, hierarchy.heartbeat_s)
+    if not tty:
+        print(header(), file=out, flush=True)
+    viewer = asyncio.create_task(watch(urls, out=out, tty=tty, stop=stop, interval_s=interval,
+                                       header=header))
+    try:
+        scheduler = asyncio.create_task(hierarchy.start_in_order(starts, on_start=on_start))
+        await asyncio.wait([scheduler, asyncio.ensure_future(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not scheduler.done():
+            scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler
+            return
+        scheduler.result()
+        registered: list[str] = []
+        if samples:
+            try:
+                await hierarchy.wait_settled(timeout=ready_timeout + 60 * hierarchy.heartbeat_s)
+                registered = await _register_samples(hierarchy, samples, data_dir=data_dir,
+                                                     out=io.StringIO() if tty else out)
+            except VdnsError as exc:
+                print(f"mdns up: samples not registered: {exc}", file=out, flush=True)
+        await stop.wait()
+        await viewer
+        _print_summary(hierarchy, registered, data_dir=data_dir, out=out)
+    finally:
+        viewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await viewer
 
 
 def _stop_on_signals() -> asyncio.Event:

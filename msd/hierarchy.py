@@ -7,8 +7,8 @@ one) and its children in proportion to their counts, and keeps a routing table
 unicast, then sends a tracer to the root to be grafted under its nearest live ancestor,
 keeps pinging its own parent and returns to it when it answers. With no reachable
 ancestor at all it acts as the root of its own subtree (the forest heals when the
-parents return). The damping rule for re-splits (α below the root, β at the root) is
-in docs/hierarchy.md.
+parents return). The split itself and its bookkeeping are msd.division; when to split
+again (α below the root, β at the root, a quiet period) is in docs/hierarchy.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import enum
 from collections.abc import Iterable
 from typing import Any
 
-from msd.keyspace import FULL, SPACE, KeyRange, RoutingTable, split
+from msd.division import Child, Division, LinkMode
+from msd.keyspace import FULL, KeyRange, RoutingTable
 from msd.messages import (
     Assignment,
     CountReport,
@@ -33,6 +34,7 @@ from msd.messages import (
 )
 
 MAX_TRACER_HOPS = 64
+STALL_HB = 0.5  # a gap between ticks longer than this (in heartbeats) is our stall
 MAX_ANCESTORS = 64  # the codec's limit; deeper trees keep the 64 nearest ancestors
 
 
@@ -46,13 +48,6 @@ class NodeState(enum.StrEnum):
     FOSTERED = "fostered"  # grafted under a live ancestor until its parent returns
 
 
-class LinkMode(enum.StrEnum):
-    """How a parent–child link carries heartbeats."""
-
-    MULTICAST = "multicast"
-    UNICAST = "unicast"
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HierarchyConfig:
     """Timers (in heartbeat intervals) and damping thresholds; every one settable."""
@@ -64,7 +59,7 @@ class HierarchyConfig:
     tracer_timeout: float = 1.0  # no graft this long → try the next ancestor down
     alpha: float = 0.1  # relative count change that re-splits below the root
     beta: float = 0.1  # relative count change that re-splits at the root
-    refresh_every: int = 10  # heartbeats between re-splits on small (damped) changes
+    refresh_every: int = 10  # quiet heartbeats after which a stale split is refreshed anyway
     multicast: bool = True  # False: multicast mode `none`, every link unicast
 
 
@@ -96,18 +91,6 @@ class SendUnicast:
 Action = SendParent | SendChildren | SendUnicast
 
 
-@dataclasses.dataclass
-class Child:
-    """What a node knows of one child (its own, or a foster child it adopted)."""
-
-    peer: Peer
-    count: int  # the last count it reported
-    used: int  # the count the current split is based on
-    heard_at: float
-    link: LinkMode
-    foster: bool = False
-
-
 class Node:
     """One domain's designated MSD in the tree of domains."""
 
@@ -133,16 +116,14 @@ class Node:
         self.parent_link = LinkMode.MULTICAST if config.multicast else LinkMode.UNICAST
         self.parent_heard_at = now
         self.ancestors: tuple[Peer, ...] = ()  # root … parent, from the last heartbeat
-        self.range: KeyRange = FULL
-        self.owned: KeyRange = FULL
-        self.children: dict[str, Child] = {}
-        self.generation = 0
+        self.division = Division(self.domain)
         self.routes = RoutingTable([(FULL, self.domain)], default=None)
         self.route_switches = 0
         self.last_change = now
         self._seq = 0
         self._beats = 0
         self._last_tick = now
+        self._ticked_at = now  # the last tick (of any kind), for stall detection
         self._tracing: list[Peer] = []  # ancestors still to try, nearest-to-root first
         self._tracer_sent_at = now
         self._max_term: dict[str, int] = {}
@@ -173,14 +154,15 @@ class Node:
     def _with_split_news(self, actions: list[Action], now: float) -> list[Action]:
         """After a re-split, tell the children at once rather than at the next heartbeat,
         so the window in which parent and child disagree on a range is one network delay."""
-        if self._resplit_unsent and self.children:
+        if self._resplit_unsent and self.children and not self._joining_soon:
             actions = [*actions, *self._heartbeats(now)]
-        self._resplit_unsent = False
+            self._resplit_unsent = False
         return actions
 
     def tick(self, now: float) -> list[Action]:
         """Timers: parent silence, child timeouts, heartbeats and reports once per interval."""
         actions: list[Action] = []
+        self._forgive_stall(now)
         beat = now - self._last_tick >= self.config.heartbeat_s * 0.999
         actions += self._check_parent(now)
         actions += self._check_children(now)
@@ -189,6 +171,22 @@ class Node:
             self._beats += 1
             actions += self._beat(now)
         return self._with_split_news(actions, now)
+
+    def _forgive_stall(self, now: float) -> None:
+        """Silence is counted in time we ran: after a gap between ticks longer than
+        STALL_HB heartbeats (our process did not run: a busy machine, a blocked event loop)
+        the gap is credited to the parent and every child, whose datagrams are still
+        queued in our sockets. Otherwise a stall of 3 heartbeats would drop every child
+        and orphan us, and each such round moves ranges. A dead peer's silence still
+        counts from the next tick on."""
+        gap = now - self._ticked_at
+        self._ticked_at = now
+        if gap <= STALL_HB * self.config.heartbeat_s:
+            return
+        self.parent_heard_at += gap
+        for child in self.children.values():
+            child.heard_at += gap
+        self._tracer_sent_at += gap
 
     def receive(self, message: Message, now: float, *, multicast: bool) -> list[Action]:
         """One authenticated control message, from a channel or the unicast socket."""
@@ -223,7 +221,30 @@ class Node:
     @property
     def count(self) -> int:
         """Domains in this subtree, this one included, as the children last reported."""
-        return 1 + sum(child.count for child in self.children.values())
+        return self.division.count
+
+    @property
+    def children(self) -> dict[str, Child]:
+        return self.division.children
+
+    @property
+    def range(self) -> KeyRange:
+        """The range our parent gave us (the whole space at a root)."""
+        return self.division.range
+
+    @range.setter
+    def range(self, value: KeyRange) -> None:
+        self.division.range = value
+
+    @property
+    def owned(self) -> KeyRange:
+        """Our own piece of the range: the keys this domain answers for."""
+        return self.division.owned
+
+    @property
+    def generation(self) -> int:
+        """Grows with every change of the pieces (records may have to move)."""
+        return self.division.generation
 
     @property
     def acting_root(self) -> bool:
@@ -250,18 +271,8 @@ class Node:
         raise LookupError(f"{self.domain} routes {key:032x} to {hop}, whose address it lacks")
 
     def route_rows(self) -> list[dict[str, str | None]]:
-        """The routing table as rows covering the whole space: the default route appears as
-        the rows outside our range (next hop: the parent, or None where nobody is known)."""
-        rows: list[dict[str, str | None]] = []
-        position = 0
-        for rng, hop in self.routes.rows:
-            if rng.start > position:
-                rows.append(_row(KeyRange(position, rng.start), self.routes.default))
-            rows.append(_row(rng, hop))
-            position = rng.end
-        if position < SPACE:
-            rows.append(_row(KeyRange(position, SPACE), self.routes.default))
-        return rows
+        """The routing table as rows covering the whole space (RoutingTable.covering_rows)."""
+        return self.routes.covering_rows()
 
     def status(self) -> dict[str, Any]:
         """The tree as this node sees it, for `mdns status`."""
@@ -385,19 +396,39 @@ class Node:
             return []  # only grafts make foster children
         link = LinkMode.UNICAST if (report.unicast or not multicast) else LinkMode.MULTICAST
         if child is None:
-            self.children[report.sender] = Child(peer=report.address, count=report.count,
-                                                 used=report.count, heard_at=now, link=link)
-            self._resplit(now)
-            return [self._heartbeat_to(self.children[report.sender], now)]
+            return self._join(report, link, now)
+        if child.count != report.count:
+            self.division.changed(self._beats)
         child.peer, child.heard_at, child.count = report.address, now, report.count
         if link is LinkMode.UNICAST and child.link is LinkMode.MULTICAST:
             child.link = link
             return [self._heartbeat_to(child, now)]
         if report.unicast is False and multicast:
             child.link = LinkMode.UNICAST if child.foster else LinkMode.MULTICAST
-        if self._damped_change():
-            self._resplit(now)
+        # A changed count waits for the beat (docs/hierarchy.md, "Damping").
         return []
+
+    def _join(self, report: CountReport, link: LinkMode, now: float) -> list[Action]:
+        """A new child: a piece of our own piece when its subtree is small against ours
+        (nothing else moves), else a fresh division of the whole range."""
+        child = Child(peer=report.address, count=report.count, used=report.count,
+                      heard_at=now, link=link)
+        self.division.changed(self._beats)
+        if report.count >= self._threshold * self.division.used_count:
+            self.children[report.sender] = child
+            self._resplit(now)
+        else:
+            self.division.carve(report.sender, child)
+            self._routes_from_division(now)
+        if self._joining_soon:
+            return []  # our own range is about to change: the child hears it on the beat
+        return [self._heartbeat_to(child, now)]
+
+    @property
+    def _joining_soon(self) -> bool:
+        """Waiting for a parent whose address we know: its range for us is on its way, so
+        news of our split would be replaced within a network delay."""
+        return self.state is NodeState.WAITING and self.own_parent is not None
 
     def _on_tracer(self, tracer: Tracer, now: float) -> list[Action]:
         if len(tracer.hops) >= MAX_TRACER_HOPS or tracer.orphan.domain == self.domain:
@@ -412,6 +443,7 @@ class Node:
         # We are the nearest live ancestor: adopt.
         self.children[orphan] = Child(peer=tracer.orphan, count=1, used=1, heard_at=now,
                                       link=LinkMode.UNICAST, foster=True)
+        self.division.changed(self._beats)
         self._resplit(now)
         return [self._unicast(tracer.orphan, Graft, now, adopter=self.address, orphan=orphan),
                 self._heartbeat_to(self.children[orphan], now)]
@@ -425,20 +457,27 @@ class Node:
         return actions
 
     def _drop_child(self, name: str, now: float) -> list[Action]:
-        if self.children.pop(name, None) is not None:
+        if self.division.drop(name):
+            self.division.changed(self._beats)
             self._resplit(now)
         return []
 
-    def _damped_change(self) -> bool:
-        threshold = self.config.beta if self.acting_root else self.config.alpha
-        return any(abs(c.count - c.used) >= threshold * c.used for c in self.children.values())
+    @property
+    def _threshold(self) -> float:
+        """θ of the damping rule: β where we act as the root, α below it."""
+        return self.config.beta if self.acting_root else self.config.alpha
+
+    def _split_due(self) -> bool:
+        """On the beat: is a stale split to be refreshed now (msd.division.Division.due)?"""
+        depth = 0 if self.acting_root else len(self.ancestors)
+        return self.division.due(beat=self._beats, threshold=self._threshold, depth=depth,
+                                 quiet=self.config.refresh_every)
 
     # --- once per heartbeat ----------------------------------------------------------------
 
     def _beat(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        stale = any(c.count != c.used for c in self.children.values())
-        if stale and self._beats % self.config.refresh_every == 0:
+        if self._split_due():
             self._resplit(now)
         if self.parent is not None:
             actions.append(self._report(to=self.parent, now=now))
@@ -504,38 +543,33 @@ class Node:
     # --- splitting -------------------------------------------------------------------------
 
     def _child_rows(self) -> Iterable[tuple[KeyRange, str]]:
-        return ((row, hop) for row, hop in self.routes.rows if hop != self.domain)
+        return ((piece, name) for name, piece in sorted(self.division.pieces.items()))
 
     def _resplit(self, now: float) -> None:
         """Divide our range: a share of one for us, then each child by its subtree count."""
         if self.parent is None and self.state is not NodeState.ORPHAN:
             self.range = FULL
-        names = sorted(self.children)
-        for name in names:
-            self.children[name].used = self.children[name].count
-        weights = [1] + [self.children[name].count for name in names]
-        if self.range.size < len(weights):
-            names, weights = [], [1]  # a range too small to share: keep it all
-        pieces = split(self.range, weights)
-        self.owned = pieces[0]
-        self.generation += 1
-        self._resplit_unsent = True
-        rows = [(pieces[0], self.domain), *zip(pieces[1:], names, strict=True)]
-        self._set_routes(self.range, now, rows=rows)
+        self.division.divide()
+        self._routes_from_division(now)
+
+    def _routes_from_division(self, now: float) -> None:
+        """The routing table from the division's pieces; children hear of a change at once."""
+        if self._set_routes(self.range, now, rows=self.division.rows()):
+            self._resplit_unsent = True
 
     def _set_routes(
         self, covered: KeyRange, now: float, *, rows: list[tuple[KeyRange, str]] | None = None
-    ) -> None:
+    ) -> bool:
+        """Install a routing table; a route switch is counted only when it differs from the
+        one in force (some key's next hop changes). True if it did."""
         if rows is None:
             rows = [(row, hop) for row, hop in self.routes.rows]
         default = self.parent.domain if self.parent else None
         table = RoutingTable(rows, default=default)
-        if table != self.routes:
-            self.routes = table
-            self.route_switches += 1
-            self.last_change = now
+        if table == self.routes:
+            return False
+        self.routes = table
+        self.route_switches += 1
+        self.last_change = now
+        return True
 
-
-def _row(rng: KeyRange, hop: str | None) -> dict[str, str | None]:
-    start, end = rng.to_json()
-    return {"start": start, "end": end, "next": hop}

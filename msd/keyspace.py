@@ -340,6 +340,20 @@ class RoutingTable:
         rows = ", ".join(f"{r.key_range!r} -> {r.next_hop}" for r in self._rows)
         return f"RoutingTable([{rows}], default={self._default!r})"
 
+    def covering_rows(self) -> list[dict[str, str | None]]:
+        """The table as JSON rows covering the whole space: the default route appears as the
+        rows outside ours (next hop: the default, or None where nobody is known)."""
+        rows: list[dict[str, str | None]] = []
+        position = 0
+        for route in self._rows:
+            if route.key_range.start > position:
+                rows.append(_json_row(KeyRange(position, route.key_range.start), self._default))
+            rows.append(_json_row(route.key_range, route.next_hop))
+            position = route.key_range.end
+        if position < SPACE:
+            rows.append(_json_row(KeyRange(position, SPACE), self._default))
+        return rows
+
     def to_json(self) -> dict[str, Any]:
         """``{"rows": [{"start", "end", "next"}, ...], "default": hop or null}``."""
         rows = []
@@ -362,3 +376,8 @@ class RoutingTable:
                 raise KeyspaceError(f"a route must be {{'start', 'end', 'next'}}, got {row!r}")
             parsed.append((KeyRange.from_json([row["start"], row["end"]]), row["next"]))
         return cls(parsed, default=value["default"])
+
+
+def _json_row(rng: KeyRange, hop: str | None) -> dict[str, str | None]:
+    start, end = rng.to_json()
+    return {"start": start, "end": end, "next": hop}

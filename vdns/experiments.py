@@ -104,7 +104,8 @@ async def latency(
             await hierarchy.close()
     return {"domains": settings.domains, "delay_ms": list(settings.delay_ms),
             "keywords": len(settings.keywords), "seed": settings.seed,
-            "cold": summarize(cold), "warm": summarize(warm)}
+            "cold": summarize(cold), "warm": summarize(warm),
+            "samples_ms": {"cold": cold, "warm": warm}}
 
 
 async def _pass(

@@ -16,7 +16,8 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dns.asyncquery
@@ -35,6 +36,7 @@ from vdns.msds import DomainMsds, MsdLaunch
 from vdns.replicas import Replica
 from vdns.server import DnsServer
 from vdns.sockets import bind_dns_sockets, remap_ports
+from vdns.startorder import Start
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,10 @@ class Hierarchy:
         database_url: str | None = None,
         urs_replicas: int = 1,
         health_interval_s: float = 1.0,
+        sessions: bool = True,
     ) -> None:
+        """`sessions=False` runs the MSDs without a session store: the tree alone (the
+        stability experiment), and no database to open while other daemons run."""
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
         if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
@@ -128,6 +133,7 @@ class Hierarchy:
         if inter_domain_delay is not None and not msd_in_process:
             raise VdnsError("injected delays need in-process MSDs (msd_in_process=True)")
         self.inter_domain_delay = inter_domain_delay
+        self.sessions = sessions
         self.multicast_blocked = frozenset(multicast_blocked)
         unknown = self.multicast_blocked - {c.domain for c in self._configs}
         if unknown:
@@ -146,8 +152,11 @@ class Hierarchy:
     def root(self) -> RunningDomain:
         return next(d for d in self.domains.values() if d.config.is_root)
 
-    async def start(self) -> None:
-        """Bind every socket, then serve; on any failure nothing is left running."""
+    async def start(self, *, msds_now: bool = True) -> None:
+        """Bind every socket, then serve; on any failure nothing is left running.
+
+        `msds_now=False` starts the DNS servers and URSs only; the MSD daemons then start
+        per domain (`start_domain_msds`), e.g. in a start order (`start_in_order`)."""
         sockets: list[socket.socket] = []
         try:
             bound = self._bind_all(sockets)
@@ -170,29 +179,53 @@ class Hierarchy:
                                                             replicas=replicas)
                 log.info("domain %s: DNS 127.0.0.1:%d, URS %s:%d", config.domain,
                          config.self_port, config.urs_ip, config.urs_port)
-            if self.msds:
-                await self._start_msds()
+            if self.msds and msds_now:
+                for name in self.domains:
+                    await self.start_domain_msds(name)
         except BaseException:
             await self.close()
             for sock in sockets:
                 sock.close()
             raise
 
-    async def _start_msds(self) -> None:
+    async def start_domain_msds(self, domain: str) -> None:
+        """Start one domain's MSD daemons (its DNS server and URS already serve)."""
+        running = self.domains[domain]
+        if running.msds is not None:
+            return
         hierarchy_key = _secret_file(self.data_dir / "hierarchy.key")
-        for running in self.domains.values():
-            domain_dir = self.data_dir / running.config.domain
-            launch = MsdLaunch(
-                urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
-                hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
-                heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
-                in_process=self.msd_in_process, interface=self.interface,
-                multicast=running.config.domain not in self.multicast_blocked,
-                database_url=self.domain_database(running.config.domain),
-                inter_domain_delay=self.inter_domain_delay,
-                urs_fallbacks=tuple(r.url for r in running.replicas[1:]))
-            running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
-            await running.msds.start()
+        domain_dir = self.data_dir / running.config.domain
+        launch = MsdLaunch(
+            urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
+            hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
+            heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
+            in_process=self.msd_in_process, interface=self.interface,
+            multicast=running.config.domain not in self.multicast_blocked,
+            database_url=(self.domain_database(running.config.domain)
+                          if self.sessions else None),
+            inter_domain_delay=self.inter_domain_delay,
+            urs_fallbacks=tuple(r.url for r in running.replicas[1:]))
+        running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
+        await running.msds.start()
+
+    async def start_in_order(
+        self, starts: Sequence[Start], *, on_start: Callable[[Start], None] | None = None,
+    ) -> dict[str, float]:
+        """The dissertation's controller: start each domain's MSDs at its time (seconds after
+        the call, on the monotonic clock; `vdns.startorder.schedule` divides them by the
+        time scale). Returns when the last has started: {domain: monotonic start time}."""
+        began = time.monotonic()
+        started: dict[str, float] = {}
+        for start in sorted(starts, key=lambda s: s.at):
+            wait = began + start.at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            name = _domain_by_config(self.domains, start)
+            started[name] = time.monotonic()
+            await self.start_domain_msds(name)
+            if on_start is not None:
+                on_start(start)
+        return started
 
     def domain_database(self, domain: str, *, store: str = "msd") -> str:
         """The database of one domain's MSDs (or, with `store="urs"`, of its URS): the
@@ -242,9 +275,10 @@ class Hierarchy:
         await web.SockSite(runner, sock).start()
         return runner
 
-    async def wait_ready(self, *, timeout: float = 10.0) -> None:
-        """Return once every DNS server and URS answers, and (with MSDs) every domain has a
-        designated MSD; raise VdnsError naming the laggards."""
+    async def wait_ready(self, *, timeout: float = 10.0, designated: bool = True) -> None:
+        """Return once every DNS server and URS answers, and (with MSDs, unless
+        `designated=False`) every domain has a designated MSD; raise VdnsError naming the
+        laggards."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pending = dict(self.domains)
@@ -252,7 +286,8 @@ class Hierarchy:
             while pending:
                 for name, domain in list(pending.items()):
                     if (await _dns_answers(domain) and await _urs_answers(http, domain)
-                            and (not self.msds or (await _tree_state(http, domain))[0])):
+                            and (not (self.msds and designated)
+                                 or (await _tree_state(http, domain))[0])):
                         del pending[name]
                 if not pending:
                     return
@@ -287,6 +322,13 @@ class Hierarchy:
                     await replica.kill()
             with contextlib.suppress(Exception):
                 await domain.dns.close()
+
+
+def _domain_by_config(domains: dict[str, RunningDomain], start: Start) -> str:
+    """The running domain a start names (its ports may have been remapped: match by name)."""
+    if start.config.domain not in domains:
+        raise VdnsError(f"no running domain {start.config.domain}")
+    return start.config.domain
 
 
 @dataclasses.dataclass

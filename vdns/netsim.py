@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from msd.codec import encode
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Message, Peer
+from vdns.startorder import Start
 
 TICKS_PER_HEARTBEAT = 10  # as often as the daemons tick their node (msd.daemon)
 
@@ -227,3 +228,14 @@ class VirtualNetwork:
             sim.messages_received += 1
             self._carry(domain=delivery.target, actions=node.receive(
                 delivery.message, self.now, multicast=delivery.multicast))
+
+
+def run_schedule(net: VirtualNetwork, starts: Iterable[Start], *, until: float) -> None:
+    """Start each domain at its time (a start order, `vdns.startorder.schedule`), then run the
+    clock to `until`: the dissertation's controller on the virtual clock."""
+    for start in sorted(starts, key=lambda s: s.at):
+        net.run(until=start.at)
+        config = start.config
+        net.add(config.domain, parent=config.parent_domain, cmcast=config.cmcast,
+                pmcast=None if config.is_root else config.pmcast)
+    net.run(until=until)

@@ -165,3 +165,20 @@ def test_a_resplit_travels_down_one_network_latency_per_level() -> None:
                for name in ("r.test", "c.r.test", "g.c.r.test")}
     assert changed["c.r.test"] - changed["r.test"] == pytest.approx(latency)
     assert changed["g.c.r.test"] - changed["r.test"] == pytest.approx(2 * latency)
+
+
+def test_a_stalled_process_does_not_count_its_stall_as_everyone_elses_silence() -> None:
+    """A node that did not run for 4 heartbeats (a blocked event loop) keeps its parent and
+    children: their datagrams were queued, not missing. Silence while it runs still counts."""
+    net = _network("scenario1")
+    net.run(until=10 * HB)
+    middle = net.domains["dom020.dom02.level0.testdomain.info"].node
+    switches = middle.route_switches
+    stalled_at = net.now
+    net.deliver(until=stalled_at + 4 * HB)  # the network runs on, nobody ticks
+    net.run(until=net.now + 0.1 * HB)
+    assert middle.state is NodeState.JOINED and len(middle.children) == 3
+    assert middle.route_switches == switches
+    net.kill("dom02.level0.testdomain.info")  # its parent: silent while the middle runs
+    net.run(until=net.now + 4 * HB)
+    assert middle.state is NodeState.FOSTERED
