@@ -64,6 +64,7 @@ class SessionService:
         # URIs of local sessions with keyword records that could not be routed yet.
         self.unrouted: dict[str, None] = {}
         self.recovered = 0
+        self._global_writes = asyncio.Lock()
         self._held: KeyRange | None = None  # the range whose records we have gathered
 
     def node(self) -> Node:
@@ -159,8 +160,12 @@ class SessionService:
     async def _store_global(
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
     ) -> None:
-        await self.store.put_global(keyword, record, shadow=shadow, origin=origin,
-                                    now=self._clock())
+        # One at a time: the records of one session (its keywords, primary and shadow)
+        # arrive together and share its geo rows, which concurrent transactions on
+        # PostgreSQL would both try to replace (SQLite serializes writers anyway).
+        async with self._global_writes:
+            await self.store.put_global(keyword, record, shadow=shadow, origin=origin,
+                                        now=self._clock())
 
     # --- search ----------------------------------------------------------------------------
 
