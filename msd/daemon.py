@@ -47,6 +47,7 @@ from msd.store import MsdStore
 log = logging.getLogger(__name__)
 
 TICKS_PER_HEARTBEAT = 10
+BOOTSTRAP_LOG_EVERY = 10  # while the URS does not answer, one warning per this many tries
 BIND_ATTEMPTS = 20
 
 
@@ -144,7 +145,10 @@ class MsdDaemon:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.urs_timeout_s))
         try:
-            self.bootstrap = await self._fetch_bootstrap()
+            bootstrap = await self._bootstrap_when_answered(stop)
+            if bootstrap is None:
+                return  # stopped before the URS ever answered
+            self.bootstrap = bootstrap
             self.domain = self.bootstrap["domain"]
             if self.settings.database_url:
                 self.store = await MsdStore.open(self.settings.database_url)
@@ -362,6 +366,25 @@ class MsdDaemon:
 
     # --- the URS ---------------------------------------------------------------------------
 
+    async def _bootstrap_when_answered(self, stop: asyncio.Event) -> dict[str, Any] | None:
+        """The first bootstrap document, asked for every heartbeat until the URS answers.
+
+        A daemon may start before its URS listens, while it restarts, or while it is too
+        busy to answer in time; giving up would leave the domain short of an MSD for good.
+        """
+        failures = 0
+        while not stop.is_set():
+            try:
+                return await self._fetch_bootstrap()
+            except MsdError as exc:
+                failures += 1
+                if failures == 1 or failures % BOOTSTRAP_LOG_EVERY == 0:
+                    log.warning("%s (try %d; trying again every %g s)", exc, failures,
+                                self.settings.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
+        return None
+
     async def _fetch_bootstrap(self) -> dict[str, Any]:
         assert self._http is not None
         for attempt in range(len(self._urs_urls)):
@@ -375,7 +398,7 @@ class MsdDaemon:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 if attempt == len(self._urs_urls) - 1:
                     raise MsdError(f"cannot bootstrap from {url}: "
-                                   f"{exc or type(exc).__name__}") from None
+                                   f"{str(exc) or type(exc).__name__}") from None
                 self._next_urs()
         raise AssertionError("unreachable: there is at least one URS")
 
