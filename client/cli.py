@@ -273,8 +273,8 @@ def _stability_parser(experiments: argparse._SubParsersAction[argparse.ArgumentP
                            help=f"runs per cell (default {defaults.runs})")
     stability.add_argument("--time-scale", type=float, default=defaults.time_scale,
                            metavar="S", help="divide every timer and delay by S (default "
-                           f"{defaults.time_scale:g}: a 200 ms heartbeat, order 1 takes about "
-                           "200 s a run; a larger S needs an idle machine)")
+                           f"{defaults.time_scale:g}: a 50 ms heartbeat, order 1 takes about "
+                           "55 s a run; a busy machine may need a smaller S)")
     stability.add_argument("--heartbeat", type=float, default=defaults.heartbeat_s,
                            metavar="SECONDS", help="nominal heartbeat, before scaling "
                            f"(default {defaults.heartbeat_s:g})")

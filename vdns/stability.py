@@ -63,7 +63,7 @@ class StabilitySettings:
     alphas: tuple[float, ...] = GRID
     betas: tuple[float, ...] = GRID
     runs: int = 3
-    time_scale: float = 5.0
+    time_scale: float = 20.0
     heartbeat_s: float = 1.0  # nominal: divided by time_scale for the daemons
     seed: int = 0
     engine: str = "daemons"

@@ -10,6 +10,7 @@ the stability experiment and the virtual-clock simulator (`vdns.netsim.run_sched
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ ORDERS: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {
     2: ((10, 1, 4, 5, 2, 3, 6, 7, 8, 9), (5, 5, 5, 5, 5, 540, 5, 5, 5, 5)),
 }
 MAX_DELAY_S = 86_400.0
+_NUMBERED = re.compile(r"domain(\d{1,4})-.*\.mds$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +51,13 @@ def numbered(directory: Path) -> dict[int, DomainConfig]:
     configs = {c.domain: c for c in load_hierarchy(directory)}
     numbers: dict[int, DomainConfig] = {}
     for path in sorted(directory.glob("*.mds")):
-        stem = path.name
-        if not (stem.startswith("domain") and stem[6:8].isdigit()):
+        match = _NUMBERED.match(path.name)
+        if match is None:
             raise VdnsError(f"{path}: a start order needs files named domainNN-LABEL.mds")
-        numbers[int(stem[6:8])] = configs[load_mds(path).domain]
+        number = int(match.group(1))
+        if number in numbers:
+            raise VdnsError(f"{path}: domain number {number} is taken twice")
+        numbers[number] = configs[load_mds(path).domain]
     return numbers
 
 

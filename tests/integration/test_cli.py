@@ -192,3 +192,35 @@ def test_a_dns_server_that_never_answers_times_out_cleanly() -> None:
                        "--timeout", "1")
     assert result.returncode == 1
     assert "did not answer" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_up_in_a_start_order_prints_the_tree_forming_line_by_line(tmp_path: Path) -> None:
+    """`mdns up --order` with stdout not a terminal: a line per start and per change."""
+    process = subprocess.Popen(
+        [*MDNS, "up", "configs/demo", "--ephemeral-ports", "--no-samples", "--data-dir",
+         str(tmp_path), "--order", "1,3,2,4", "--delays", "2,2,2,2", "--time-scale", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if re.search(r"cise\.ufl\.edu: joined under ufl\.edu, count 1, owns 25\.00%", line):
+                break
+        text = "".join(lines)
+        assert lines[0].startswith("mdns up: start order 1,3,2,4, time scale 2 "), text
+        started = re.findall(r"started domain (\d) \((\S+)\)", text)
+        assert started == [("1", "edu"), ("3", "mit.edu"), ("2", "ufl.edu"),
+                           ("4", "cise.ufl.edu")], text
+        assert "cise.ufl.edu: joined under ufl.edu, count 1, owns 25.00%" in text, text
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "mdns up: stopped cleanly" in out
