@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TICKS_PER_HEARTBEAT = 10
 BIND_ATTEMPTS = 20
+BOOTSTRAP_LOG_EVERY = 10  # while the URS does not answer, one warning per this many tries
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,7 +131,10 @@ class MsdDaemon:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.settings.urs_timeout_s))
         try:
-            self.bootstrap = await self._fetch_bootstrap()
+            bootstrap = await self._bootstrap_when_answered(stop)
+            if bootstrap is None:
+                return  # stopped before the URS ever answered
+            self.bootstrap = bootstrap
             self.domain = self.bootstrap["domain"]
             if self.settings.database_url:
                 self.store = await MsdStore.open(self.settings.database_url)
@@ -346,6 +350,25 @@ class MsdDaemon:
 
     # --- the URS ---------------------------------------------------------------------------
 
+    async def _bootstrap_when_answered(self, stop: asyncio.Event) -> dict[str, Any] | None:
+        """The first bootstrap document, asked for every heartbeat until the URS answers.
+
+        A daemon may start before its URS listens, while it restarts, or while it is too
+        busy to answer in time; giving up would leave the domain short of an MSD for good.
+        """
+        failures = 0
+        while not stop.is_set():
+            try:
+                return await self._fetch_bootstrap()
+            except MsdError as exc:
+                failures += 1
+                if failures == 1 or failures % BOOTSTRAP_LOG_EVERY == 0:
+                    log.warning("%s (try %d; trying again every %g s)", exc, failures,
+                                self.settings.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
+        return None
+
     async def _fetch_bootstrap(self) -> dict[str, Any]:
         assert self._http is not None
         url = f"{self.settings.urs_url}/bootstrap"
@@ -356,7 +379,8 @@ class MsdDaemon:
                 document: dict[str, Any] = await response.json()
                 return document
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise MsdError(f"cannot bootstrap from {url}: {exc or type(exc).__name__}") from None
+            raise MsdError(f"cannot bootstrap from {url}: {str(exc) or type(exc).__name__}") \
+                from None
 
     async def _poll_urs(self) -> None:
         """Report ourselves to the URS; its answer is the fresh bootstrap document."""
