@@ -288,7 +288,7 @@ class Node:
 
     def _check_parent(self, now: float) -> list[Action]:
         if self.parent is None:
-            return self._check_tracer(now)
+            return self._check_waiting(now) + self._check_tracer(now)
         silent = now - self.parent_heard_at
         hb = self.config.heartbeat_s
         if silent >= self.config.dead_after * hb:
@@ -320,6 +320,17 @@ class Node:
         self.range = FULL
         self._resplit(now)
         return []
+
+    def _check_waiting(self, now: float) -> list[Action]:
+        """Knocking on our parent's door in vain: perhaps its heartbeats cannot reach us by
+        multicast (a firewall), and the parent, hearing our multicast reports, sends them
+        there. Ask for unicast, as a joined child does when its parent falls silent."""
+        if self.state is not NodeState.WAITING or self.parent_link is not LinkMode.MULTICAST:
+            return []
+        if now - self.parent_heard_at < self.config.unicast_after * self.config.heartbeat_s:
+            return []
+        self.parent_link = LinkMode.UNICAST
+        return [self._report(to=self.own_parent, now=now)]
 
     def _check_tracer(self, now: float) -> list[Action]:
         if self.state is not NodeState.ORPHAN:

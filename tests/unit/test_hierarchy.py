@@ -95,6 +95,25 @@ def test_a_link_with_multicast_blocked_falls_back_to_unicast() -> None:
     _assert_whole(net)
 
 
+def test_a_domain_that_never_heard_its_parent_asks_for_unicast() -> None:
+    """Its multicast blocked from the start (a host behind a firewall), restarted after its
+    parent already counts it: no unicast heartbeat greets the new daemon, and none comes
+    until it asks for unicast, which it does after `unicast_after` heartbeats of waiting."""
+    net = _network("scenario1")
+    leaf = "dom0200.dom020.dom02.level0.testdomain.info"
+    net.block_multicast(leaf)
+    net.run(until=1 * HB)  # the parent counts the leaf, and greeted it with one unicast beat
+    config = _configs("scenario1")[leaf]
+    net.add(leaf, parent=config.parent_domain, cmcast=config.cmcast, pmcast=config.pmcast, term=2)
+    net.block_multicast(leaf)  # the host is still behind its firewall
+    net.run(until=net.now + 8 * HB)  # 2 waiting, 1 joined, 2 retrying multicast, then steady
+    node = net.domains[leaf].node
+    assert node.state is NodeState.JOINED and node.parent_link is LinkMode.UNICAST
+    parent = net.domains["dom020.dom02.level0.testdomain.info"].node
+    assert parent.children[leaf].link is LinkMode.UNICAST
+    _assert_whole(net)
+
+
 def test_killing_a_middle_domain_grafts_its_children_within_five_heartbeats() -> None:
     net = _network("scenario1")
     net.run(until=15 * HB)
