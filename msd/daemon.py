@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -108,6 +108,14 @@ class MsdDaemon:
         self.record_counts: dict[str, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._migrated_generation = -1
+        # URS calls run beside the tick loop, never inside it: a slow URS must not delay
+        # announces and heartbeats (that deposed healthy designated MSDs on a busy host).
+        self._urs_poll: asyncio.Task[None] | None = None
+        self._urs_put: asyncio.Task[None] | None = None
+        self._put_wanted: PutDesignated | None = None
+        # Election inputs and the actions they cause are carried one at a time, so that a
+        # URS answer arriving mid-transition cannot interleave a step-down with a join.
+        self._transition = asyncio.Lock()
 
     def __repr__(self) -> str:
         role = self.election.role if self.election else "starting"
@@ -196,10 +204,11 @@ class MsdDaemon:
         raise MsdError("could not find a port free for both UDP and TCP")
 
     async def _close(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        for task in (self._housekeeping, self._urs_poll, self._urs_put):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.sessions is not None:
             await self.sessions.close()
         if self.node is not None:
@@ -222,12 +231,13 @@ class MsdDaemon:
         while not stop.is_set():
             now = time.monotonic()
             assert self.election is not None
-            await self._carry_election(self.election.tick(now))
+            async with self._transition:
+                await self._carry_election(self.election.tick(now))
             if self.node is not None:
                 await self._carry_tree(self.node.tick(now))
             if now >= next_poll:
                 next_poll = now + self.settings.heartbeat_s
-                await self._poll_urs()
+                self._start_poll()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick)
 
@@ -273,7 +283,8 @@ class MsdDaemon:
         now = time.monotonic()
         if isinstance(message, Announce | Claim):
             if message.sender == self.domain and self.election is not None:
-                await self._carry_election(self.election.receive(message, now))
+                async with self._transition:
+                    await self._carry_election(self.election.receive(message, now))
             return
         if self.node is not None:
             await self._carry_tree(self.node.receive(message, now, multicast=via is not None))
@@ -301,19 +312,17 @@ class MsdDaemon:
                     await self.transport.send_unicast((peer.host, peer.port), self._wire(message))
 
     async def _carry_election(self, actions: Iterable[object]) -> None:
+        """Carry out what the election decided; the caller holds `_transition`."""
         assert self.transport is not None and self.election is not None
         for action in actions:
             match action:
                 case SendLocal(message=message):
                     await self.transport.send_multicast(self._channels["local"],
                                                         self._wire(message))
-                case PutDesignated(term=term, ttl_s=ttl):
-                    accepted, current = await self._put_designated(term, ttl)
-                    await self._carry_election(
-                        self.election.urs_put_result(accepted=accepted, term=current,
-                                                     now=time.monotonic()))
+                case PutDesignated():
+                    self._want_put(action)
                 case PollUrs():
-                    await self._poll_urs()
+                    self._start_poll()
                 case BecameDesignated(term=term):
                     await self._join_tree(term)
                 case SteppedDown(term=term, reason=reason):
@@ -382,6 +391,29 @@ class MsdDaemon:
             raise MsdError(f"cannot bootstrap from {url}: {str(exc) or type(exc).__name__}") \
                 from None
 
+    def _start_poll(self) -> None:
+        """Poll the URS in the background, unless a poll is still on its way."""
+        if self._urs_poll is None or self._urs_poll.done():
+            self._urs_poll = asyncio.create_task(_logged(self._poll_urs()),
+                                                 name=f"{self!r} URS poll")
+
+    def _want_put(self, put: PutDesignated) -> None:
+        """PUT our designated entry in the background; while one PUT is on its way, only
+        the latest wanted one follows it (a renewal or a claim, each carrying its term)."""
+        self._put_wanted = put
+        if self._urs_put is None or self._urs_put.done():
+            self._urs_put = asyncio.create_task(_logged(self._put_wanted_entries()),
+                                                name=f"{self!r} URS designated entry")
+
+    async def _put_wanted_entries(self) -> None:
+        while self._put_wanted is not None:
+            put, self._put_wanted = self._put_wanted, None
+            accepted, current = await self._put_designated(put.term, put.ttl_s)
+            assert self.election is not None
+            async with self._transition:
+                await self._carry_election(self.election.urs_put_result(
+                    accepted=accepted, term=current, now=time.monotonic()))
+
     async def _poll_urs(self) -> None:
         """Report ourselves to the URS; its answer is the fresh bootstrap document."""
         assert self._http is not None and self.election is not None
@@ -411,7 +443,8 @@ class MsdDaemon:
             view = (int(designated["term"]), f"{designated['address']}:{designated['port']}",
                     expires)
         last_term = int(self.bootstrap.get("last_term") or 0)
-        await self._carry_election(self.election.urs_state(view, now, last_term=last_term))
+        async with self._transition:
+            await self._carry_election(self.election.urs_state(view, now, last_term=last_term))
         if self.node is not None:
             await self._carry_tree(self.node.set_parent_address(self._parent_peer(), now))
 
@@ -486,6 +519,16 @@ class MsdDaemon:
             "dropped_reasons": dict(self.counters.dropped_reasons),
             "heartbeat_s": self.settings.heartbeat_s,
         }
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """Run a background step; a bug in it is logged, and the daemon goes on (never dies)."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a background step of the MSD failed")
 
 
 async def run_daemon(**settings: Any) -> None:
