@@ -5,8 +5,10 @@ For each keyword that the query needs (msd.query.positive_keywords):
    which routes it to the owner of the keyword's hash and answers with a redirect;
 2. `ext-search` at the owner; `ext-search-invalid` (the range moved) → invalidate the
    cached redirect and probe afresh, once;
-3. the owner does not answer → the shadow: probe for the bit-inverted hash and ask
-   its owner for the shadow records.
+3. the owner does not answer, cannot be found (a hop is down), or says its answer may be
+   incomplete (it gained that key lately, e.g. from a domain that died, and has not yet
+   restored its records from the mirror) → the shadow as well: probe for the
+   bit-inverted hash and ask its owner for the shadow records.
 The home domain's own sessions (administrative scope, any scope) come from its MSD's
 local records. msd.matching.evaluate then combines, filters, removes duplicates, ranks.
 """
@@ -42,6 +44,14 @@ class _Invalid(Exception):
 
 class _Unreachable(Exception):
     """The owner did not answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    """An owner's records for one keyword; not `complete` while it restores its range."""
+
+    records: list[SessionRecord]
+    complete: bool = True
 
 
 @dataclasses.dataclass
@@ -127,11 +137,43 @@ class SearchClient:
     async def _global(self, search: Search) -> list[SessionRecord]:
         keyword = search.keyword
         key = key_of(keyword)
+        try:
+            owners = await self._owner(search, key)
+        except ClientError as exc:  # no way to the owner: a hop is down, the tree heals
+            owners, failure = None, str(exc)
+        else:
+            failure = "unreachable" if owners is None else ""
+        if owners is not None and owners.complete:
+            return owners.records
+        # The owner is gone, or keeps moving, or has not yet restored every record of a
+        # range it gained: its shadow holds the same records.
+        self.stats.shadow_used += 1
+        try:
+            shadows = await self._owner(dataclasses.replace(search, shadow=True),
+                                        shadow_of(key), cache=False)
+        except ClientError as exc:
+            shadows, failure = None, f"{failure}; shadow: {exc}"
+        if shadows is None:
+            if owners is not None:
+                return owners.records  # the owner's answer is the best there is
+            raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
+                              f"({failure or 'unreachable'})")
+        found = {r.uri: r for r in shadows.records}
+        if owners is not None:
+            found |= {r.uri: r for r in owners.records}
+        return list(found.values())
+
+    async def _owner(
+        self, search: Search, key: int, *, cache: bool = True
+    ) -> _Answer | None:
+        """The answer of `key`'s owner for `search` (redirect cache, msd-probe, ext-search,
+        one more probe after ext-search-invalid); None if the owner does not answer."""
         for _ in range(2):
-            redirect = self.cache.get(keyword, _now_ms())
+            redirect = self.cache.get(search.keyword, _now_ms()) if cache else None
             if redirect is None or not redirect.covers(key):
                 redirect, answered = await self._probe(key, search=search)
-                self.cache.put(keyword, redirect, _now_ms())
+                if cache:
+                    self.cache.put(search.keyword, redirect, _now_ms())
                 if answered is not None:
                     return answered  # the owner answered the search with the redirect
             else:
@@ -140,25 +182,17 @@ class SearchClient:
                 return await self._ext_search(redirect, search)
             except _Invalid:
                 self.stats.invalid += 1
-                self.cache.invalidate(keyword)
+                if cache:
+                    self.cache.invalidate(search.keyword)
             except _Unreachable:
-                self.cache.invalidate(keyword)
-                break
-        # The owner is gone (or keeps moving): its shadow holds the same records.
-        self.stats.shadow_used += 1
-        shadow = dataclasses.replace(search, shadow=True)
-        redirect, answered = await self._probe(shadow_of(key), search=shadow)
-        if answered is not None:
-            return answered
-        try:
-            return await self._ext_search(redirect, shadow)
-        except (_Invalid, _Unreachable) as exc:
-            raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
-                              f"({type(exc).__name__.strip('_').lower()})") from None
+                if cache:
+                    self.cache.invalidate(search.keyword)
+                return None
+        return None
 
     async def _probe(
         self, key: int, *, search: Search | None = None
-    ) -> tuple[Redirect, list[SessionRecord] | None]:
+    ) -> tuple[Redirect, _Answer | None]:
         """The owner's redirect and, when `search` was given and the owner could answer it,
         its records for that keyword (msd-probe-reply carrying the ext-search answer)."""
         self.stats.probes += 1
@@ -174,9 +208,10 @@ class SearchClient:
         sessions = answer.get("sessions")
         if sessions is None:
             return redirect, None
-        return redirect, [_record(s) for s in sessions]
+        return redirect, _Answer([_record(s) for s in sessions],
+                                 complete=answer.get("complete") is not False)
 
-    async def _ext_search(self, redirect: Redirect, search: Search) -> list[SessionRecord]:
+    async def _ext_search(self, redirect: Redirect, search: Search) -> _Answer:
         url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
         delay = self._delay if redirect.domain != self.home else None
         for attempt in (1, 2):
@@ -194,7 +229,8 @@ class SearchClient:
                     answer = await response.json()
                     if delay is not None:
                         await delay(redirect.domain)  # and so does the answer
-                    return [_record(s) for s in answer["sessions"]]
+                    return _Answer([_record(s) for s in answer["sessions"]],
+                                   complete=answer.get("complete") is not False)
             except aiohttp.ServerDisconnectedError:
                 if attempt == 2:
                     raise _Unreachable() from None

@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -39,7 +39,7 @@ from msd.errors import MsdError
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
-from msd.relay import Delay
+from msd.relay import Delay, RoutingFailed
 from msd.replay import ReplayGuard
 from msd.sessions import SessionService
 from msd.store import MsdStore
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 TICKS_PER_HEARTBEAT = 10
 BIND_ATTEMPTS = 20
+# Restoring a range from the mirror (msd.mirror): heartbeats the range must stay put
+# first, and after which a pass is taken as complete even if a mirror owner was not.
+RESTORE_SETTLE_HB = 1
+RESTORE_PATIENCE_HB = 10
 BOOTSTRAP_LOG_EVERY = 10  # while the URS does not answer, one warning per this many tries
 
 
@@ -108,6 +112,7 @@ class MsdDaemon:
         self.record_counts: dict[str, int] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._migrated_generation = -1
+        self._designated_since: float | None = None
         # URS calls run beside the tick loop, never inside it: a slow URS must not delay
         # announces and heartbeats (that deposed healthy designated MSDs on a busy host).
         self._urs_poll: asyncio.Task[None] | None = None
@@ -150,7 +155,9 @@ class MsdDaemon:
                     domain=self.domain, store=self.store, http=self._http,
                     node=lambda: self.node, clock=time.time,
                     hierarchy_key=self.settings.hierarchy_key,
-                    delay=self.settings.inter_domain_delay)
+                    delay=self.settings.inter_domain_delay,
+                    settle_s=RESTORE_SETTLE_HB * self.settings.heartbeat_s,
+                    patience_s=RESTORE_PATIENCE_HB * self.settings.heartbeat_s)
             await self._open_sockets()
             now = time.monotonic()
             self.election = Election(
@@ -204,23 +211,24 @@ class MsdDaemon:
         raise MsdError("could not find a port free for both UDP and TCP")
 
     async def _close(self) -> None:
-        for task in (self._housekeeping, self._urs_poll, self._urs_put):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Release everything; one step failing must not leave the others' sockets open."""
+        tasks = [t for t in (self._housekeeping, self._urs_poll, self._urs_put) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        steps: list[Callable[[], Awaitable[None]]] = []
         if self.sessions is not None:
-            await self.sessions.close()
+            steps.append(self.sessions.close)
         if self.node is not None:
-            await self._leave_tree()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.transport is not None:
-            await self.transport.close()
-        if self._http is not None:
-            await self._http.close()
-        if self.store is not None:
-            await self.store.close()
+            steps.append(self._leave_tree)
+        for part in (self._runner, self.transport, self._http, self.store):
+            if part is not None:
+                steps.append(part.cleanup if isinstance(part, web.AppRunner) else part.close)
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("closing the MSD of %s", self.domain or "?")
 
     async def _loop(self, stop: asyncio.Event) -> None:
         tick = self.settings.heartbeat_s / TICKS_PER_HEARTBEAT
@@ -250,8 +258,10 @@ class MsdDaemon:
                 node = self.node
                 if node is not None and node.generation != self._migrated_generation:
                     generation = node.generation
-                    await self.sessions.migrate()
-                    self._migrated_generation = generation
+                    if await self.sessions.migrate():
+                        self._migrated_generation = generation
+                if node is not None and not self.sessions.mirror.records_complete:
+                    await self._restore()
                 if node is not None and self.sessions.unrouted:
                     await self.sessions.retry_unrouted()
                 if time.monotonic() >= next_collect:
@@ -260,8 +270,24 @@ class MsdDaemon:
                     self.record_counts = await self.store.counts(now=time.time())
             except MsdError as exc:
                 log.warning("housekeeping: %s", exc)
+            except Exception:  # a bug: log it, and keep migrating, restoring, collecting
+                log.exception("housekeeping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
+
+    async def _restore(self) -> None:
+        """Restore from the mirror what our range may lack; an unreachable mirror owner (the
+        tree is still healing) is no news: housekeeping tries again a heartbeat later."""
+        assert self.sessions is not None
+        mirror = self.sessions.mirror
+        try:
+            await mirror.restore()
+        except RoutingFailed as exc:
+            log.debug("restoring from the mirror waits: %s", exc)
+            return
+        if mirror.records_complete:
+            log.info("%s: holds every record of its range (%d copied from the mirror so far)",
+                     self.domain, mirror.restored)
 
     # --- inbound ---------------------------------------------------------------------------
 
@@ -300,6 +326,8 @@ class MsdDaemon:
 
     async def _carry_tree(self, actions: Iterable[Action]) -> None:
         assert self.transport is not None
+        if self.sessions is not None:  # every step of the node passes here
+            self.sessions.mirror.observe_range(self.node.owned if self.node is not None else None)
         for action in actions:
             match action:
                 case SendParent(message=message) if "pmcast" in self._channels:
@@ -333,6 +361,7 @@ class MsdDaemon:
     async def _join_tree(self, term: int) -> None:
         assert self.transport is not None
         log.info("%s: designated, term %d", self.domain, term)
+        self._designated_since = time.time()
         b = self.bootstrap
         self._channels["cmcast"] = Channel("cmcast", b["cmcast"]["group"], b["cmcast"]["port"])
         await self.transport.join(self._channels["cmcast"])
@@ -352,6 +381,8 @@ class MsdDaemon:
 
     async def _leave_tree(self) -> None:
         self.node = None
+        if self.sessions is not None:
+            self.sessions.mirror.observe_range(None)
         for name in ("cmcast", "pmcast"):
             channel = self._channels.pop(name, None)
             if channel is not None and self.transport is not None:
@@ -504,6 +535,8 @@ class MsdDaemon:
             "msds": self.bootstrap.get("msds") or [],
             "designated": f"{host}:{port}" if self.node else None,
             "term": self.election.term,
+            # Unix time this daemon last took office (a claim won, or a term bump).
+            "designated_since": self._designated_since if self.node else None,
             **tree,
             "child_addresses": children,
             "ancestors": [f"{a.domain}@{a.host}:{a.port}" for a in
@@ -513,6 +546,8 @@ class MsdDaemon:
             "route_failures": self.sessions.route_failures if self.sessions else 0,
             "unrouted_sessions": len(self.sessions.unrouted) if self.sessions else 0,
             "migrated": self.sessions.migrated if self.sessions else 0,
+            "restored": self.sessions.mirror.restored if self.sessions else 0,
+            "records_complete": self.sessions.mirror.records_complete if self.sessions else False,
             "control_bytes": control_bytes,
             "control_bytes_per_s": round(control_bytes / uptime, 1),
             "dropped": self.counters.dropped,

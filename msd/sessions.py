@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from msd.errors import MsdError
 from msd.hierarchy import Node
 from msd.keyspace import key_of, shadow_of
 from msd.messages import Peer
+from msd.mirror import Mirror
 from msd.relay import Delay, Relay, RoutingFailed
 from msd.schema import Scope, SessionRecord
 from msd.store import MsdStore, NearRecord
@@ -47,7 +49,8 @@ class SessionService:
     def __init__(
         self, *, domain: str, store: MsdStore, http: aiohttp.ClientSession,
         node: Callable[[], Node | None], clock: Callable[[], float], hierarchy_key: bytes,
-        delay: Delay | None = None,
+        delay: Delay | None = None, settle_s: float = 1.0, patience_s: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.domain = domain
         self.store = store
@@ -60,6 +63,16 @@ class SessionService:
         self.migrated = 0
         # URIs of local sessions with keyword records that could not be routed yet.
         self.unrouted: dict[str, None] = {}
+        self.mirror = Mirror(self, settle_s=settle_s, patience_s=patience_s,
+                             monotonic=monotonic)
+
+    def current_node(self) -> Node | None:
+        """The tree node while this MSD is designated, else None."""
+        return self._node()
+
+    def now(self) -> float:
+        """Wall-clock seconds: records expire by the URS's clock."""
+        return self._clock()
 
     def node(self) -> Node:
         node = self._node()
@@ -129,7 +142,7 @@ class SessionService:
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
     ) -> str:
         """Store the keyword record here if we own its key, else route it; the owner's name."""
-        peer = self._next(_key(keyword, shadow=shadow), hops=())
+        peer = self.next_peer(_key(keyword, shadow=shadow), hops=())
         if peer is None:
             await self._store_global(keyword, record, shadow=shadow, origin=origin)
             return self.domain
@@ -147,7 +160,7 @@ class SessionService:
 
         async def handle() -> None:
             try:
-                peer = self._next(_key(keyword, shadow=shadow), hops=hops)
+                peer = self.next_peer(_key(keyword, shadow=shadow), hops=hops)
                 if peer is None:
                     await self._store_global(keyword, record, shadow=shadow, origin=origin)
                     await self.relay.answer(body, result={"owner": self.domain})
@@ -173,7 +186,7 @@ class SessionService:
 
         With `search` the owner also answers what an ext-search would, saving the client a
         round trip to a remote owner when its cache is cold."""
-        peer = self._next(key, hops=())
+        peer = self.next_peer(key, hops=())
         if peer is None:
             return await self._owner_answer(key, hops=(), search=search)
         self.routed += 1
@@ -189,7 +202,7 @@ class SessionService:
 
         async def handle() -> None:
             try:
-                peer = self._next(key, hops=hops)
+                peer = self.next_peer(key, hops=hops)
                 if peer is None:
                     answer = await self._owner_answer(key, hops=hops, search=search)
                     await self.relay.answer(body, result=answer)
@@ -214,6 +227,8 @@ class SessionService:
             found = await self.ext_search(search)
             if found is not None:
                 answer["sessions"] = found
+                answer["complete"] = self.mirror.complete(
+                    _key(search.keyword, shadow=search.shadow))
         return answer
 
     async def ext_search(self, search: Search) -> list[dict[str, Any]] | None:
@@ -241,27 +256,35 @@ class SessionService:
 
     # --- housekeeping ----------------------------------------------------------------------
 
-    async def migrate(self) -> int:
-        """Send away the records whose keys a re-split gave to another domain."""
+    async def migrate(self) -> bool:
+        """Send away the records whose keys a re-split gave to another domain; True once
+        none is left here (a record whose new owner cannot be reached waits for a retry)."""
         node = self.node()
-        moved = 0
-        outside = await self.store.global_outside(node.owned.start, node.owned.end,
-                                                  now=self._clock(), limit=MIGRATE_BATCH)
-        for keyword, shadow, record, origin in outside:
-            try:
-                owner = await self.remote_register(keyword, record, shadow=shadow, origin=origin)
-            except (MsdError, aiohttp.ClientError, TimeoutError) as exc:
-                log.debug("migration of %s %s waits: %s", keyword, record.uri, exc)
-                continue
-            if owner != self.domain:
-                await self.store.delete_global(keyword, record.uri, shadow=shadow)
-                moved += 1
-        self.migrated += moved
-        return moved
+        while True:
+            outside = await self.store.global_outside(node.owned.start, node.owned.end,
+                                                      now=self._clock(), limit=MIGRATE_BATCH)
+            moved = 0
+            for keyword, shadow, record, origin in outside:
+                try:
+                    owner = await self.remote_register(keyword, record, shadow=shadow,
+                                                       origin=origin)
+                except (MsdError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.debug("migration of %s %s waits: %s", keyword, record.uri, exc)
+                    continue
+                if owner != self.domain:
+                    await self.store.delete_global(keyword, record.uri, shadow=shadow)
+                    moved += 1
+            self.migrated += moved
+            if moved < len(outside):
+                return False
+            if len(outside) < MIGRATE_BATCH:
+                return True
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _next(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
+    def next_peer(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
+        """The next hop towards the owner of `key`, None if we own it; RoutingFailed for a
+        loop, too many hops, or no route (the tree is healing)."""
         if len(hops) >= MAX_HOPS:
             raise RoutingFailed(f"gave up after {MAX_HOPS} hops: {' → '.join(hops[:5])} …")
         if self.domain in hops:
