@@ -78,11 +78,13 @@ class SearchClient:
         self._http = http
         self.cache = cache or RedirectCache(CACHE_CAPACITY)
         self._home_msd: str | None = None
+        self._home_fixed = False
         self.stats = SearchStats()
 
     def set_home_msd(self, url: str) -> None:
         """Use this MSD as the home one (an MSD searching on its callers' behalf)."""
         self._home_msd = url
+        self._home_fixed = True
 
     async def prime(self, keyword: str) -> None:
         """Probe for a keyword's owner now and cache the redirect (a warm cache)."""
@@ -126,12 +128,11 @@ class SearchClient:
         return list(found.values())
 
     async def _local(self, search: Search) -> list[SessionRecord]:
-        msd = await self.home_msd()
         params: dict[str, str] = {"keyword": search.keyword}
         if search.near is not None:
             params |= {"near": f"{search.near[0]},{search.near[1]}",
                        "within_km": str(search.within_km)}
-        answer = await self._call("GET", f"{msd}/msd/local-search", params=params)
+        answer = await self._at_home("GET", "/msd/local-search", params=params)
         return [_record(s) for s in answer["sessions"]]
 
     async def _global(self, search: Search) -> list[SessionRecord]:
@@ -196,11 +197,10 @@ class SearchClient:
         """The owner's redirect and, when `search` was given and the owner could answer it,
         its records for that keyword (msd-probe-reply carrying the ext-search answer)."""
         self.stats.probes += 1
-        msd = await self.home_msd()
         body: dict[str, Any] = {"key": f"{key:032x}"}
         if search is not None:
             body |= search.to_json()
-        answer = await self._call("POST", f"{msd}/msd/probe", json=body)
+        answer = await self._at_home("POST", "/msd/probe", json=body)
         host, _, port = str(answer["address"]).rpartition(":")
         owned = KeyRange.from_json([answer["start"], answer["end"]])
         redirect = Redirect(domain=answer["owner"], host=host, port=int(port),
@@ -237,6 +237,20 @@ class SearchClient:
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 raise _Unreachable() from None
         raise AssertionError("unreachable")
+
+    async def _at_home(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Ask the home MSD; if it fails, ask the URS who that is now, and if another MSD
+        has taken over (the one we knew died or stepped down), ask it once."""
+        msd = await self.home_msd()
+        try:
+            return await self._call(method, f"{msd}{path}", **kwargs)
+        except ClientError:
+            if self._home_fixed:
+                raise
+            fresh = await self.home_msd(refresh=True)
+            if fresh == msd:
+                raise
+            return await self._call(method, f"{fresh}{path}", **kwargs)
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         for attempt in (1, 2):
