@@ -15,6 +15,8 @@ from client.errors import ClientError
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.sap_commands import add_parsers as add_sap_parsers
 from client.sap_commands import run as run_sap_command
+from client.serve_commands import add_parsers as add_serve_parsers
+from client.serve_commands import run as run_serve_command
 from client.session_commands import add_parsers as add_session_parsers
 from client.session_commands import run as run_session_command
 from client.uri import parse_uri
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="this host's multicast is broken: elect through the URS and "
                               "ask the parent for unicast heartbeats")
     _tree_options(msd_cmd)
+    add_serve_parsers(commands)
     add_session_parsers(commands)
     add_sap_parsers(commands)
 
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_status(args, out=sys.stdout))
         if args.command == "msd":
             return _msd(args)
+        if args.command in ("dns", "urs"):
+            return run_serve_command(args)
         if args.command in ("register", "search", "open"):
             return run_session_command(args, out=sys.stdout)
         if args.command == "sap":
