@@ -271,16 +271,17 @@ class Network:
 
     def impair(self, host: Host, impairment: Impairment) -> str:
         """Apply an impairment (replacing any); returns 'netem' or 'nft' (how it was done)."""
+        netem = self._has_netem()
+        if not netem and (impairment.delay_ms or impairment.jitter_ms):
+            raise NetnsError("this kernel has no netem qdisc (sch_netem), so no delay can be "
+                             "injected; loss alone works (through nftables)")
         self.clear(host)
         if not impairment.netem_args:
             return "none"
-        if self._has_netem():
+        if netem:
             for command in netem_commands(host, impairment):
                 self._must(command)
             return "netem"
-        if impairment.delay_ms or impairment.jitter_ms:
-            raise NetnsError("this kernel has no netem qdisc (sch_netem), so no delay can be "
-                             "injected; loss alone works (through nftables)")
         for command in nft_loss_commands(host, impairment):
             self._must(command)
         return "nft"

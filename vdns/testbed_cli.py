@@ -156,20 +156,19 @@ def _up(args: argparse.Namespace) -> int:
         took = _wait_settled(testbed, timeout=args.wait)
         print(f"\nthe tree formed in {took:.1f} s" if took is not None else
               f"\nthe tree did not form within {args.wait:g} s; see `status` and the logs")
-    root = testbed.root
-    me = f"deploy/testbed --prefix {testbed.prefix}"
+    root, last = testbed.root, testbed.placements[-1]
+    me, p = "deploy/testbed", f"--prefix {testbed.prefix}"
     mdns = f"{sys.executable} -m client.cli"
     print(f"""
 Try:
-  {me} status
-  {me} exec h1 -- {mdns} status --domain {root.domain} --dns {root.dns}
-  {me} exec h2 -- {mdns} register --domain {testbed.placements[-1].domain} \\
-      --dns {testbed.placements[-1].dns} --id jazz --title Jazz --keywords jazz \\
-      --group 239.255.7.7 --port 5010 --wait
-  {me} exec h1 -- {mdns} search jazz --home {root.domain} --dns {root.dns}
-  {me} kill h2 msd-0; {me} start h2 msd-0
-  {me} netem --udp-only 'loss 10%'; {me} netem clear
-  {me} down""")
+  {me} status {p}
+  {me} exec {p} obs -- {mdns} status --domain {root.domain} --dns {root.dns}
+  {me} exec {p} {last.host.name} -- {mdns} register --domain {last.domain} \\
+      --dns {last.dns} --id jazz --title Jazz --keywords jazz --group 239.255.7.7 --port 5010 --wait
+  {me} exec {p} h1 -- {mdns} search jazz --home {root.domain} --dns {root.dns}
+  {me} kill {p} h2 msd-0; {me} start {p} h2 msd-0
+  {me} netem {p} --udp-only 'loss 10%'; {me} netem {p} clear
+  {me} down {p}""")
     return 0
 
 
