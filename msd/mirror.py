@@ -14,10 +14,10 @@ again) and grows to the whole range when a restore pass, run while the range sta
 found every mirror owner complete for what it answered (its own `held` covered it). A
 mirror owner that is not complete there may still be receiving what a live domain
 migrates to it after the same re-split, or be restoring that very part from us: the pass
-is repeated every heartbeat, and after `patience_s` without the range moving (10
-heartbeats in the daemon) its result is taken as it is, which ends such a wait on each
-other. A stand-in root (a node waiting for its parent, or an orphan) never restores: its
-whole space is no real range.
+is repeated at doubling intervals (1, 2, 4, 8 heartbeats after the range last moved, in
+the daemon), and after `patience_s` (10 heartbeats) its result is taken as it is, which
+ends such a wait on each other. A stand-in root (a node waiting for its parent, or an
+orphan) never restores: its whole space is no real range.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Mirror:
         self._held: KeyRange | None = None
         self._range: KeyRange | None = None
         self._range_since = monotonic()
+        self._next_pass = settle_s  # how long the range must have stayed put for a pass
         self.restored = 0  # records copied in from the mirror (again, by a repeated pass)
 
     def __repr__(self) -> str:
@@ -76,6 +77,7 @@ class Mirror:
         """After every step of the tree node (None: no longer designated)."""
         if owned != self._range:
             self._range, self._range_since = owned, self._monotonic()
+            self._next_pass = self._settle_s
         held = self._held
         if owned is None or held is None:
             self._held = None
@@ -97,8 +99,8 @@ class Mirror:
         if node.state not in PLACED:
             return 0  # a stand-in root's whole space is no real range: its mirror is itself
         stable_for = self._monotonic() - self._range_since
-        if stable_for < self._settle_s:
-            return 0  # the range is still moving
+        if stable_for < self._next_pass:
+            return 0  # the range is still moving, or the last pass was a moment ago
         owned, generation, held = node.owned, node.generation, self._held
         restored, complete = 0, True
         for piece in minus(owned, held):
@@ -109,6 +111,8 @@ class Mirror:
         moved = self._service.current_node() is not node or node.generation != generation
         if not moved and (complete or stable_for >= self._patience_s):
             self._held = owned
+        elif not moved:
+            self._next_pass = min(2 * max(stable_for, self._settle_s), self._patience_s)
         return restored
 
     async def _restore_piece(self, piece: KeyRange) -> tuple[int, bool]:

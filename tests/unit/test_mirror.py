@@ -47,3 +47,51 @@ def test_held_shrinks_with_the_range_and_a_range_that_returns_is_incomplete() ->
     assert not mirror.complete(50)
     mirror.observe_range(None)  # stepped down: nothing is ours
     assert not mirror.complete(0)
+
+
+class _Node:
+    def __init__(self) -> None:
+        from msd.hierarchy import NodeState
+
+        self.state = NodeState.JOINED
+        self.owned = KeyRange(0, SPACE // 4)
+        self.generation = 1
+
+
+class _Store:
+    async def put_global_many(self, rows: list[Any], *, now: float, keep_newer: bool) -> int:
+        return len(rows)
+
+
+class _Service:
+    def __init__(self) -> None:
+        self.node_ = _Node()
+        self.store = _Store()
+
+    def node(self) -> _Node:
+        return self.node_
+
+    def current_node(self) -> _Node:
+        return self.node_
+
+    def now(self) -> float:
+        return 0.0
+
+
+async def test_an_incomplete_mirror_is_asked_again_at_doubling_intervals_then_trusted() -> None:
+    clock, service = _Clock(), _Service()
+    fake: Any = service  # stands in for a SessionService
+    mirror = Mirror(fake, settle_s=1.0, patience_s=10.0, monotonic=clock)
+    asked: list[float] = []
+
+    async def fetch(start: int, end: int, *, after: Any) -> dict[str, Any]:
+        asked.append(clock.now - 100.0)
+        return {"rows": [], "end": f"{end:x}", "after": None, "complete": False}
+
+    vars(mirror)["fetch"] = fetch  # the mirror owners, all answering "not complete"
+    mirror.observe_range(service.node_.owned)  # the range arrives at t = 0
+    for tenth in range(0, 121):
+        clock.now = 100.0 + tenth / 10
+        await mirror.restore()
+    assert asked == [1.0, 2.0, 4.0, 8.0, 10.0]
+    assert mirror.records_complete  # taken as it is after the patience
