@@ -137,6 +137,27 @@ def test_killing_a_middle_domain_grafts_its_children_within_five_heartbeats() ->
     _assert_whole(net)
 
 
+def test_an_orphan_whose_tracer_was_lost_traces_again() -> None:
+    """Under loss the one tracer (or the graft) may be lost: the orphan, standing in as the
+    root of its subtree meanwhile, traces again every `retrace_every` heartbeats."""
+    net = _network("scenario1")
+    net.run(until=15 * HB)
+    middle = "dom020.dom02.level0.testdomain.info"
+    net.kill(middle)
+    killed = net.now
+    net.run(until=killed + 2.95 * HB)
+    net.loss = 1.0  # every datagram of the first round (the root, then dom02) is lost
+    net.run(until=killed + 5.2 * HB)
+    leaves = [net.domains[f"{leaf}.{middle}"].node for leaf in ("dom0200", "dom0201", "dom0202")]
+    assert all(node.state is NodeState.WAITING for node in leaves)  # a forest, for now
+    net.loss = 0.0
+    net.run(until=killed + 9.5 * HB)
+    for node in leaves:
+        assert node.state is NodeState.FOSTERED
+        assert node.parent is not None and node.parent.domain == "dom02.level0.testdomain.info"
+    _assert_whole(net)
+
+
 def test_root_loss_leaves_a_forest_that_heals_when_the_root_returns() -> None:
     configs = _configs("scenario1")
     net = _network("scenario1")
