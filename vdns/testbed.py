@@ -200,7 +200,7 @@ class Testbed:
         for name in alive:
             statuses[name] = self._wait(name, until=deadline)
         for name, status in statuses.items():
-            if status is None:
+            if status is None and self.alive(name):  # never a stranger that took the pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pids[name], signal.SIGKILL)
                 statuses[name] = self._wait(name, until=time.monotonic() + 2)
@@ -240,6 +240,8 @@ class Testbed:
         name = f"{self.placement(host).host.name}/{component}"
         if name not in self.pids:
             raise VdnsError(f"{name} was never started")
+        if not self.alive(name):
+            raise VdnsError(f"{name} is not running")
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pids[name], sig)
         status = self._wait(name, until=time.monotonic() + STOP_GRACE_S)

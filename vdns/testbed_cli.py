@@ -110,15 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             if not command:
                 raise VdnsError("give the command after --")
             return subprocess.call(testbed.exec_argv(args.host, command))
+        host = testbed.placement(args.host).host.name if args.command in ("kill", "start") \
+            else ""
         if args.command == "kill":
-            for component in args.components or testbed.components():
+            running = [c for c in testbed.components() if testbed.alive(f"{host}/{c}")]
+            for component in args.components or running:
                 status = testbed.kill(args.host, component)
                 print(f"killed {args.host}/{component}"
                       + (f" (exit {status})" if status is not None else ""))
             return 0
         if args.command == "start":
             wanted = args.components or [c for c in testbed.components()
-                                         if not testbed.alive(f"{args.host}/{c}")]
+                                         if not testbed.alive(f"{host}/{c}")]
             for component in wanted:
                 print(f"started {args.host}/{component}: pid {testbed.start(args.host, component)}")
             return 0
