@@ -5,8 +5,10 @@ For each keyword that the query needs (msd.query.positive_keywords):
    which routes it to the owner of the keyword's hash and answers with a redirect;
 2. `ext-search` at the owner; `ext-search-invalid` (the range moved) → invalidate the
    cached redirect and probe afresh, once;
-3. the owner does not answer → the shadow: probe for the bit-inverted hash and ask
-   its owner for the shadow records.
+3. the owner does not answer, cannot be found (a hop is down), or says its answer may be
+   incomplete (it gained that key lately, e.g. from a domain that died, and has not yet
+   restored its records from the mirror) → the shadow as well: probe for the
+   bit-inverted hash and ask its owner for the shadow records.
 The home domain's own sessions (administrative scope, any scope) come from its MSD's
 local records. msd.matching.evaluate then combines, filters, removes duplicates, ranks.
 """
@@ -48,6 +50,14 @@ class RouteFailed(ClientError):
     """The home MSD could not reach the owner of a key (502: a hop or the owner is down)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    """An owner's records for one keyword; not `complete` while it restores its range."""
+
+    records: list[SessionRecord]
+    complete: bool = True
+
+
 @dataclasses.dataclass
 class SearchStats:
     """What one search cost: for the latency experiment and for --verbose."""
@@ -72,11 +82,13 @@ class SearchClient:
         self._http = http
         self.cache = cache or RedirectCache(CACHE_CAPACITY)
         self._home_msd: str | None = None
+        self._home_fixed = False
         self.stats = SearchStats()
 
     def set_home_msd(self, url: str) -> None:
         """Use this MSD as the home one (an MSD searching on its callers' behalf)."""
         self._home_msd = url
+        self._home_fixed = True
 
     async def prime(self, keyword: str) -> None:
         """Probe for a keyword's owner now and cache the redirect (a warm cache)."""
@@ -120,25 +132,53 @@ class SearchClient:
         return list(found.values())
 
     async def _local(self, search: Search) -> list[SessionRecord]:
-        msd = await self.home_msd()
         params: dict[str, str] = {"keyword": search.keyword}
         if search.near is not None:
             params |= {"near": f"{search.near[0]},{search.near[1]}",
                        "within_km": str(search.within_km)}
-        answer = await self._call("GET", f"{msd}/msd/local-search", params=params)
+        answer = await self._at_home("GET", "/msd/local-search", params=params)
         return [_record(s) for s in answer["sessions"]]
 
     async def _global(self, search: Search) -> list[SessionRecord]:
         keyword = search.keyword
         key = key_of(keyword)
+        try:
+            owners = await self._owner(search, key)
+        except ClientError as exc:  # no way to the owner: a hop is down, the tree heals
+            owners, failure = None, str(exc)
+        else:
+            failure = "unreachable" if owners is None else ""
+        if owners is not None and owners.complete:
+            return owners.records
+        # The owner is gone, or keeps moving, or has not yet restored every record of a
+        # range it gained: its shadow holds the same records.
+        self.stats.shadow_used += 1
+        try:
+            shadows = await self._owner(dataclasses.replace(search, shadow=True),
+                                        shadow_of(key), cache=False)
+        except ClientError as exc:
+            shadows, failure = None, f"{failure}; shadow: {exc}"
+        if shadows is None:
+            if owners is not None:
+                return owners.records  # the owner's answer is the best there is
+            raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
+                              f"({failure or 'unreachable'})")
+        found = {r.uri: r for r in shadows.records}
+        if owners is not None:
+            found |= {r.uri: r for r in owners.records}
+        return list(found.values())
+
+    async def _owner(
+        self, search: Search, key: int, *, cache: bool = True
+    ) -> _Answer | None:
+        """The answer of `key`'s owner for `search` (redirect cache, msd-probe, ext-search,
+        one more probe after ext-search-invalid); None if the owner does not answer."""
         for _ in range(2):
-            redirect = self.cache.get(keyword, _now_ms())
+            redirect = self.cache.get(search.keyword, _now_ms()) if cache else None
             if redirect is None or not redirect.covers(key):
-                try:
-                    redirect, answered = await self._probe(key, search=search)
-                except RouteFailed:
-                    break  # the owner, or the way to it, is down: ask the shadow
-                self.cache.put(keyword, redirect, _now_ms())
+                redirect, answered = await self._probe(key, search=search)
+                if cache:
+                    self.cache.put(search.keyword, redirect, _now_ms())
                 if answered is not None:
                     return answered  # the owner answered the search with the redirect
             else:
@@ -147,33 +187,24 @@ class SearchClient:
                 return await self._ext_search(redirect, search)
             except _Invalid:
                 self.stats.invalid += 1
-                self.cache.invalidate(keyword)
+                if cache:
+                    self.cache.invalidate(search.keyword)
             except _Unreachable:
-                self.cache.invalidate(keyword)
-                break
-        # The owner is gone (or keeps moving): its shadow holds the same records.
-        self.stats.shadow_used += 1
-        shadow = dataclasses.replace(search, shadow=True)
-        redirect, answered = await self._probe(shadow_of(key), search=shadow)
-        if answered is not None:
-            return answered
-        try:
-            return await self._ext_search(redirect, shadow)
-        except (_Invalid, _Unreachable) as exc:
-            raise ClientError(f"neither the owner nor the shadow of {keyword!r} answered "
-                              f"({type(exc).__name__.strip('_').lower()})") from None
+                if cache:
+                    self.cache.invalidate(search.keyword)
+                return None
+        return None
 
     async def _probe(
         self, key: int, *, search: Search | None = None
-    ) -> tuple[Redirect, list[SessionRecord] | None]:
+    ) -> tuple[Redirect, _Answer | None]:
         """The owner's redirect and, when `search` was given and the owner could answer it,
         its records for that keyword (msd-probe-reply carrying the ext-search answer)."""
         self.stats.probes += 1
-        msd = await self.home_msd()
         body: dict[str, Any] = {"key": f"{key:032x}"}
         if search is not None:
             body |= search.to_json()
-        answer = await self._call("POST", f"{msd}/msd/probe", json=body)
+        answer = await self._at_home("POST", "/msd/probe", json=body)
         host, _, port = str(answer["address"]).rpartition(":")
         owned = KeyRange.from_json([answer["start"], answer["end"]])
         redirect = Redirect(domain=answer["owner"], host=host, port=int(port),
@@ -181,9 +212,10 @@ class SearchClient:
         sessions = answer.get("sessions")
         if sessions is None:
             return redirect, None
-        return redirect, [_record(s) for s in sessions]
+        return redirect, _Answer([_record(s) for s in sessions],
+                                 complete=answer.get("complete") is not False)
 
-    async def _ext_search(self, redirect: Redirect, search: Search) -> list[SessionRecord]:
+    async def _ext_search(self, redirect: Redirect, search: Search) -> _Answer:
         url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
         delay = self._delay if redirect.domain != self.home else None
         for attempt in (1, 2):
@@ -201,13 +233,30 @@ class SearchClient:
                     answer = await response.json()
                     if delay is not None:
                         await delay(redirect.domain)  # and so does the answer
-                    return [_record(s) for s in answer["sessions"]]
+                    return _Answer([_record(s) for s in answer["sessions"]],
+                                   complete=answer.get("complete") is not False)
             except aiohttp.ServerDisconnectedError:
                 if attempt == 2:
                     raise _Unreachable() from None
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 raise _Unreachable() from None
         raise AssertionError("unreachable")
+
+    async def _at_home(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Ask the home MSD; if it fails, ask the URS who that is now, and if another MSD
+        has taken over (the one we knew died or stepped down), ask it once."""
+        msd = await self.home_msd()
+        try:
+            return await self._call(method, f"{msd}{path}", **kwargs)
+        except RouteFailed:
+            raise  # the home MSD answered: the way on from it is down
+        except ClientError:
+            if self._home_fixed:
+                raise
+            fresh = await self.home_msd(refresh=True)
+            if fresh == msd:
+                raise
+            return await self._call(method, f"{fresh}{path}", **kwargs)
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         for attempt in (1, 2):

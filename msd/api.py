@@ -19,10 +19,12 @@ import aiohttp
 from aiohttp import web
 
 from msd.errors import MsdError
+from msd.keyspace import SPACE, key_of, shadow_of
 from msd.query import WITHIN_MAX_KM
 from msd.relay import AUTH_HEADER, Overloaded, RoutingFailed, authentic
 from msd.schema import SessionRecord
 from msd.sessions import NotDesignated, Search, SessionService, parse_record
+from msd.store import MirrorCursor
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,8 @@ class SessionRoutes:
         app.router.add_post("/msd/remote-register", self._guard(self.remote_register))
         app.router.add_post("/msd/probe", self._guard(self.probe))
         app.router.add_post("/msd/reply", self._guard(self.reply))
-        app.router.add_post("/msd/held", self._guard(self.held))
         app.router.add_post("/msd/ext-search", self._guard(self.ext_search))
+        app.router.add_post("/msd/mirror", self._guard(self.mirror))
         app.router.add_get("/msd/local-search", self._guard(self.local_search))
         app.router.add_get("/search", self._guard(self.search))
 
@@ -177,12 +179,16 @@ class SessionRoutes:
     async def ext_search(self, request: web.Request) -> dict[str, Any]:
         """ext-search: {"keyword", "shadow"[, "near": [lat, lon], "within_km"]}."""
         search = _search(await _json(request))
-        sessions = await self.service().ext_search(search)
+        service = self.service()
+        sessions = await service.ext_search(search)
         if sessions is None:
             raise web.HTTPConflict(text=json.dumps({"error": "ext-search-invalid",
                                                     "keyword": search.keyword}),
                                    content_type="application/json")
-        return {"keyword": search.keyword, "shadow": search.shadow, "sessions": sessions}
+        key = key_of(search.keyword)
+        complete = service.mirror.complete(shadow_of(key) if search.shadow else key)
+        return {"keyword": search.keyword, "shadow": search.shadow, "sessions": sessions,
+                "complete": complete}
 
     # --- from other MSDs -------------------------------------------------------------------
 
@@ -195,19 +201,27 @@ class SessionRoutes:
             origin=str(body.get("origin", ""))[:253], body=_reply_path(body), hops=_hops(body))
         return web.json_response({"accepted": True}, status=202)
 
-    async def held(self, request: web.Request) -> dict[str, Any]:
-        """Another MSD gathers the records of a range it has gained (signed; recovery)."""
+    async def mirror(self, request: web.Request) -> web.Response:
+        """A routed request for the records of a key range (a domain restoring its own
+        range from the mirror): acknowledged with 202; the owner of `start` answers."""
         body = await self._signed_json(request)
         try:
             start, end = int(str(body.get("start")), 16), int(str(body.get("end")), 16)
         except ValueError:
-            raise MsdError("start and end must be keys in hex") from None
-        if not 0 <= start < end <= 2**128:
+            raise MsdError("start and end must be hex keys") from None
+        if not 0 <= start < end <= SPACE:
             raise MsdError("need 0 <= start < end <= 2**128")
-        shadow = body.get("shadow")
-        if not isinstance(shadow, bool):
-            raise MsdError("shadow must be true or false")
-        return {"held": await self.service().held(start, end, shadow=shadow)}
+        after = body.get("after")
+        cursor = None
+        if after is not None:
+            if not (isinstance(after, list) and len(after) == 4
+                    and all(isinstance(v, str) for v in after[:3])
+                    and isinstance(after[3], bool)):
+                raise MsdError("after must be [key, keyword, uri, shadow]")
+            cursor = MirrorCursor(*after)
+        self.service().mirror.relay(start, end, after=cursor, body=_reply_path(body),
+                                    hops=_hops(body))
+        return web.json_response({"accepted": True}, status=202)
 
     async def _signed_json(self, request: web.Request) -> dict[str, Any]:
         """The body of a request from another MSD of the hierarchy (403 if not signed)."""

@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -39,7 +39,7 @@ from msd.errors import MsdError
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
-from msd.relay import Delay
+from msd.relay import Delay, RoutingFailed
 from msd.replay import ReplayGuard
 from msd.sessions import SessionService
 from msd.store import MsdStore
@@ -47,8 +47,12 @@ from msd.store import MsdStore
 log = logging.getLogger(__name__)
 
 TICKS_PER_HEARTBEAT = 10
-BOOTSTRAP_LOG_EVERY = 10  # while the URS does not answer, one warning per this many tries
 BIND_ATTEMPTS = 20
+# Restoring a range from the mirror (msd.mirror): heartbeats the range must stay put
+# first, and after which a pass is taken as complete even if a mirror owner was not.
+RESTORE_SETTLE_HB = 1
+RESTORE_PATIENCE_HB = 10
+BOOTSTRAP_LOG_EVERY = 10  # while the URS does not answer, one warning per this many tries
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,6 +116,15 @@ class MsdDaemon:
         self._migrated_generation = -1
         self._urs_urls = (settings.urs_url, *settings.urs_fallbacks)
         self._urs_index = 0
+        self._designated_since: float | None = None
+        # URS calls run beside the tick loop, never inside it: a slow URS must not delay
+        # announces and heartbeats (that deposed healthy designated MSDs on a busy host).
+        self._urs_poll: asyncio.Task[None] | None = None
+        self._urs_put: asyncio.Task[None] | None = None
+        self._put_wanted: PutDesignated | None = None
+        # Election inputs and the actions they cause are carried one at a time, so that a
+        # URS answer arriving mid-transition cannot interleave a step-down with a join.
+        self._transition = asyncio.Lock()
 
     def __repr__(self) -> str:
         role = self.election.role if self.election else "starting"
@@ -156,7 +169,9 @@ class MsdDaemon:
                     domain=self.domain, store=self.store, http=self._http,
                     node=lambda: self.node, clock=time.time,
                     hierarchy_key=self.settings.hierarchy_key,
-                    delay=self.settings.inter_domain_delay)
+                    delay=self.settings.inter_domain_delay,
+                    settle_s=RESTORE_SETTLE_HB * self.settings.heartbeat_s,
+                    patience_s=RESTORE_PATIENCE_HB * self.settings.heartbeat_s)
             await self._open_sockets()
             now = time.monotonic()
             self.election = Election(
@@ -210,22 +225,24 @@ class MsdDaemon:
         raise MsdError("could not find a port free for both UDP and TCP")
 
     async def _close(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        """Release everything; one step failing must not leave the others' sockets open."""
+        tasks = [t for t in (self._housekeeping, self._urs_poll, self._urs_put) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        steps: list[Callable[[], Awaitable[None]]] = []
         if self.sessions is not None:
-            await self.sessions.close()
+            steps.append(self.sessions.close)
         if self.node is not None:
-            await self._leave_tree()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.transport is not None:
-            await self.transport.close()
-        if self._http is not None:
-            await self._http.close()
-        if self.store is not None:
-            await self.store.close()
+            steps.append(self._leave_tree)
+        for part in (self._runner, self.transport, self._http, self.store):
+            if part is not None:
+                steps.append(part.cleanup if isinstance(part, web.AppRunner) else part.close)
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("closing the MSD of %s", self.domain or "?")
 
     async def _loop(self, stop: asyncio.Event) -> None:
         tick = self.settings.heartbeat_s / TICKS_PER_HEARTBEAT
@@ -236,12 +253,13 @@ class MsdDaemon:
         while not stop.is_set():
             now = time.monotonic()
             assert self.election is not None
-            await self._carry_election(self.election.tick(now))
+            async with self._transition:
+                await self._carry_election(self.election.tick(now))
             if self.node is not None:
                 await self._carry_tree(self.node.tick(now))
             if now >= next_poll:
                 next_poll = now + self.settings.heartbeat_s
-                await self._poll_urs()
+                self._start_poll()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick)
 
@@ -254,10 +272,10 @@ class MsdDaemon:
                 node = self.node
                 if node is not None and node.generation != self._migrated_generation:
                     generation = node.generation
-                    await self.sessions.migrate()
-                    self._migrated_generation = generation
-                if node is not None:
-                    await self.sessions.recover()
+                    if await self.sessions.migrate():
+                        self._migrated_generation = generation
+                if node is not None and not self.sessions.mirror.records_complete:
+                    await self._restore()
                 if node is not None and self.sessions.unrouted:
                     await self.sessions.retry_unrouted()
                 if time.monotonic() >= next_collect:
@@ -266,8 +284,24 @@ class MsdDaemon:
                     self.record_counts = await self.store.counts(now=time.time())
             except MsdError as exc:
                 log.warning("housekeeping: %s", exc)
+            except Exception:  # a bug: log it, and keep migrating, restoring, collecting
+                log.exception("housekeeping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.heartbeat_s)
+
+    async def _restore(self) -> None:
+        """Restore from the mirror what our range may lack; an unreachable mirror owner (the
+        tree is still healing) is no news: housekeeping tries again a heartbeat later."""
+        assert self.sessions is not None
+        mirror = self.sessions.mirror
+        try:
+            await mirror.restore()
+        except RoutingFailed as exc:
+            log.debug("restoring from the mirror waits: %s", exc)
+            return
+        if mirror.records_complete:
+            log.info("%s: holds every record of its range (%d copied from the mirror so far)",
+                     self.domain, mirror.restored)
 
     # --- inbound ---------------------------------------------------------------------------
 
@@ -289,7 +323,8 @@ class MsdDaemon:
         now = time.monotonic()
         if isinstance(message, Announce | Claim):
             if message.sender == self.domain and self.election is not None:
-                await self._carry_election(self.election.receive(message, now))
+                async with self._transition:
+                    await self._carry_election(self.election.receive(message, now))
             return
         if self.node is not None:
             await self._carry_tree(self.node.receive(message, now, multicast=via is not None))
@@ -305,6 +340,8 @@ class MsdDaemon:
 
     async def _carry_tree(self, actions: Iterable[Action]) -> None:
         assert self.transport is not None
+        if self.sessions is not None:  # every step of the node passes here
+            self.sessions.mirror.observe_range(self.node.owned if self.node is not None else None)
         for action in actions:
             match action:
                 case SendParent(message=message) if "pmcast" in self._channels:
@@ -317,19 +354,17 @@ class MsdDaemon:
                     await self.transport.send_unicast((peer.host, peer.port), self._wire(message))
 
     async def _carry_election(self, actions: Iterable[object]) -> None:
+        """Carry out what the election decided; the caller holds `_transition`."""
         assert self.transport is not None and self.election is not None
         for action in actions:
             match action:
                 case SendLocal(message=message):
                     await self.transport.send_multicast(self._channels["local"],
                                                         self._wire(message))
-                case PutDesignated(term=term, ttl_s=ttl):
-                    accepted, current = await self._put_designated(term, ttl)
-                    await self._carry_election(
-                        self.election.urs_put_result(accepted=accepted, term=current,
-                                                     now=time.monotonic()))
+                case PutDesignated():
+                    self._want_put(action)
                 case PollUrs():
-                    await self._poll_urs()
+                    self._start_poll()
                 case BecameDesignated(term=term):
                     await self._join_tree(term)
                 case SteppedDown(term=term, reason=reason):
@@ -340,6 +375,7 @@ class MsdDaemon:
     async def _join_tree(self, term: int) -> None:
         assert self.transport is not None
         log.info("%s: designated, term %d", self.domain, term)
+        self._designated_since = time.time()
         b = self.bootstrap
         self._channels["cmcast"] = Channel("cmcast", b["cmcast"]["group"], b["cmcast"]["port"])
         await self.transport.join(self._channels["cmcast"])
@@ -359,6 +395,8 @@ class MsdDaemon:
 
     async def _leave_tree(self) -> None:
         self.node = None
+        if self.sessions is not None:
+            self.sessions.mirror.observe_range(None)
         for name in ("cmcast", "pmcast"):
             channel = self._channels.pop(name, None)
             if channel is not None and self.transport is not None:
@@ -402,6 +440,29 @@ class MsdDaemon:
                 self._next_urs()
         raise AssertionError("unreachable: there is at least one URS")
 
+    def _start_poll(self) -> None:
+        """Poll the URS in the background, unless a poll is still on its way."""
+        if self._urs_poll is None or self._urs_poll.done():
+            self._urs_poll = asyncio.create_task(_logged(self._poll_urs()),
+                                                 name=f"{self!r} URS poll")
+
+    def _want_put(self, put: PutDesignated) -> None:
+        """PUT our designated entry in the background; while one PUT is on its way, only
+        the latest wanted one follows it (a renewal or a claim, each carrying its term)."""
+        self._put_wanted = put
+        if self._urs_put is None or self._urs_put.done():
+            self._urs_put = asyncio.create_task(_logged(self._put_wanted_entries()),
+                                                name=f"{self!r} URS designated entry")
+
+    async def _put_wanted_entries(self) -> None:
+        while self._put_wanted is not None:
+            put, self._put_wanted = self._put_wanted, None
+            accepted, current = await self._put_designated(put.term, put.ttl_s)
+            assert self.election is not None
+            async with self._transition:
+                await self._carry_election(self.election.urs_put_result(
+                    accepted=accepted, term=current, now=time.monotonic()))
+
     async def _poll_urs(self) -> None:
         """Report ourselves to the URS; its answer is the fresh bootstrap document."""
         assert self._http is not None and self.election is not None
@@ -432,7 +493,8 @@ class MsdDaemon:
             view = (int(designated["term"]), f"{designated['address']}:{designated['port']}",
                     expires)
         last_term = int(self.bootstrap.get("last_term") or 0)
-        await self._carry_election(self.election.urs_state(view, now, last_term=last_term))
+        async with self._transition:
+            await self._carry_election(self.election.urs_state(view, now, last_term=last_term))
         if self.node is not None:
             await self._carry_tree(self.node.set_parent_address(self._parent_peer(), now))
 
@@ -492,6 +554,8 @@ class MsdDaemon:
             "msds": self.bootstrap.get("msds") or [],
             "designated": f"{host}:{port}" if self.node else None,
             "term": self.election.term,
+            # Unix time this daemon last took office (a claim won, or a term bump).
+            "designated_since": self._designated_since if self.node else None,
             **tree,
             "child_addresses": children,
             "ancestors": [f"{a.domain}@{a.host}:{a.port}" for a in
@@ -501,13 +565,24 @@ class MsdDaemon:
             "route_failures": self.sessions.route_failures if self.sessions else 0,
             "unrouted_sessions": len(self.sessions.unrouted) if self.sessions else 0,
             "migrated": self.sessions.migrated if self.sessions else 0,
-            "recovered": self.sessions.recovered if self.sessions else 0,
+            "restored": self.sessions.mirror.restored if self.sessions else 0,
+            "records_complete": self.sessions.mirror.records_complete if self.sessions else False,
             "control_bytes": control_bytes,
             "control_bytes_per_s": round(control_bytes / uptime, 1),
             "dropped": self.counters.dropped,
             "dropped_reasons": dict(self.counters.dropped_reasons),
             "heartbeat_s": self.settings.heartbeat_s,
         }
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """Run a background step; a bug in it is logged, and the daemon goes on (never dies)."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a background step of the MSD failed")
 
 
 async def run_daemon(**settings: Any) -> None:

@@ -57,6 +57,7 @@ class HierarchyConfig:
     dead_after: float = 3.0  # parent silent this long → it is lost: trace to the root
     child_timeout: float = 3.0  # child silent this long → drop it and re-split
     tracer_timeout: float = 1.0  # no graft this long → try the next ancestor down
+    retrace_every: float = 2.0  # no ancestor answered (loss?) → trace again this often
     alpha: float = 0.1  # relative count change that re-splits below the root
     beta: float = 0.1  # relative count change that re-splits at the root
     refresh_every: int = 10  # quiet heartbeats after which a stale split is refreshed anyway
@@ -126,6 +127,7 @@ class Node:
         self._ticked_at = now  # the last tick (of any kind), for stall detection
         self._tracing: list[Peer] = []  # ancestors still to try, nearest-to-root first
         self._tracer_sent_at = now
+        self._lost_parent: str | None = None  # the parent (or adopter) we trace around
         self._max_term: dict[str, int] = {}
         self._resplit_unsent = False  # children have not heard the latest split yet
 
@@ -299,7 +301,7 @@ class Node:
 
     def _check_parent(self, now: float) -> list[Action]:
         if self.parent is None:
-            return self._check_tracer(now)
+            return self._check_waiting(now) + self._check_tracer(now)
         silent = now - self.parent_heard_at
         hb = self.config.heartbeat_s
         if silent >= self.config.dead_after * hb:
@@ -317,6 +319,7 @@ class Node:
         self.parent_link = LinkMode.UNICAST
         # Whether our parent or our adopter died, trace with every ancestor we know.
         self.state = NodeState.ORPHAN
+        self._lost_parent = lost.domain
         self._tracing = [a for a in self.ancestors if a.domain != lost.domain]
         self._set_routes(self.range, now)  # no default route while orphaned
         return self._send_tracer(lost.domain, now)
@@ -332,13 +335,40 @@ class Node:
         self._resplit(now)
         return []
 
+    def _check_waiting(self, now: float) -> list[Action]:
+        """Knocking on our parent's door in vain: perhaps its heartbeats cannot reach us by
+        multicast (a firewall), and the parent, hearing our multicast reports, sends them
+        there. Ask for unicast, as a joined child does when its parent falls silent."""
+        if self.state is not NodeState.WAITING or self.parent_link is not LinkMode.MULTICAST:
+            return []
+        if now - self.parent_heard_at < self.config.unicast_after * self.config.heartbeat_s:
+            return []
+        self.parent_link = LinkMode.UNICAST
+        return [self._report(to=self.own_parent, now=now)]
+
     def _check_tracer(self, now: float) -> list[Action]:
+        hb = self.config.heartbeat_s
+        if self.state is NodeState.WAITING and self._lost_parent is not None:
+            return self._retrace(now)
         if self.state is not NodeState.ORPHAN:
             return []
-        if now - self._tracer_sent_at < self.config.tracer_timeout * self.config.heartbeat_s:
+        if now - self._tracer_sent_at < self.config.tracer_timeout * hb:
             return []
         self._tracing = self._tracing[1:]  # that ancestor did not answer: try the next one
-        return self._send_tracer(self.parent_domain or "", now)
+        return self._send_tracer(self._lost_parent or self.parent_domain or "", now)
+
+    def _retrace(self, now: float) -> list[Action]:
+        """Standing in as a root because no ancestor answered our tracer: under loss the
+        tracer or the graft may simply have been lost, so trace again now and then (the
+        highest live ancestor forwards it down to the nearest one)."""
+        if now - self._tracer_sent_at < self.config.retrace_every * self.config.heartbeat_s:
+            return []
+        self._tracer_sent_at = now
+        ancestors = [a for a in self.ancestors if a.domain != self._lost_parent]
+        if not ancestors:
+            return []
+        return [self._unicast(ancestors[0], Tracer, now, orphan=self.address,
+                              dead=self._lost_parent)]
 
     def _on_heartbeat(self, beat: Heartbeat, now: float, *, multicast: bool) -> list[Action]:
         actions: list[Action] = []
@@ -350,6 +380,7 @@ class Node:
             if self.parent is not None and self.parent.domain != beat.sender:
                 actions.append(self._unicast(self.parent, Leave, now, parent=self.parent.domain))
             self.parent, self.own_parent, self.state = sender, sender, NodeState.JOINED
+            self._lost_parent = None
             # Optimistic: try multicast again; silence makes us ask for unicast once more.
             self.parent_link = LinkMode.MULTICAST if self.config.multicast else LinkMode.UNICAST
         if self.parent is None or beat.sender != self.parent.domain:
@@ -369,7 +400,9 @@ class Node:
         return actions
 
     def _on_graft(self, graft: Graft, now: float) -> list[Action]:
-        if graft.orphan != self.domain or self.state is not NodeState.ORPHAN:
+        tracing = self.state is NodeState.ORPHAN or (
+            self.state is NodeState.WAITING and self._lost_parent is not None)
+        if graft.orphan != self.domain or not tracing:
             return []
         self.parent, self.state = graft.adopter, NodeState.FOSTERED
         self.parent_link, self.parent_heard_at = LinkMode.UNICAST, now

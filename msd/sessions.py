@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,8 +25,9 @@ from pydantic import ValidationError
 
 from msd.errors import MsdError
 from msd.hierarchy import Node
-from msd.keyspace import SPACE, KeyRange, key_of, shadow_of
+from msd.keyspace import key_of, shadow_of
 from msd.messages import Peer
+from msd.mirror import Mirror
 from msd.relay import Delay, Relay, RoutingFailed
 from msd.schema import Scope, SessionRecord
 from msd.store import MsdStore, NearRecord
@@ -36,7 +38,6 @@ MAX_HOPS = 64
 MIGRATE_BATCH = 500
 ORIGIN_RETRY_S = 1.0  # a failed routed request is routed afresh for this long
 ORIGIN_RETRY_PAUSE_S = 0.1
-RECOVER_BATCH = 2_000  # records fetched from one counterpart per piece and round
 RETRY_MAX = 10_000  # sessions whose keyword routes await another try (bounded; oldest dropped)
 
 
@@ -50,7 +51,8 @@ class SessionService:
     def __init__(
         self, *, domain: str, store: MsdStore, http: aiohttp.ClientSession,
         node: Callable[[], Node | None], clock: Callable[[], float], hierarchy_key: bytes,
-        delay: Delay | None = None,
+        delay: Delay | None = None, settle_s: float = 1.0, patience_s: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.domain = domain
         self.store = store
@@ -63,9 +65,17 @@ class SessionService:
         self.migrated = 0
         # URIs of local sessions with keyword records that could not be routed yet.
         self.unrouted: dict[str, None] = {}
-        self.recovered = 0
         self._global_writes = asyncio.Lock()
-        self._held: KeyRange | None = None  # the range whose records we have gathered
+        self.mirror = Mirror(self, settle_s=settle_s, patience_s=patience_s,
+                             monotonic=monotonic)
+
+    def current_node(self) -> Node | None:
+        """The tree node while this MSD is designated, else None."""
+        return self._node()
+
+    def now(self) -> float:
+        """Wall-clock seconds: records expire by the URS's clock."""
+        return self._clock()
 
     def node(self) -> Node:
         node = self._node()
@@ -137,7 +147,7 @@ class SessionService:
         """Store the keyword record here if we own its key, else route it; the owner's name."""
         body = {"keyword": keyword, "shadow": shadow, "origin": origin,
                 "record": record.model_dump(mode="json"), "hops": [self.domain]}
-        answer = await self._originate(_key(keyword, shadow=shadow), "/msd/remote-register",
+        answer = await self.originate(_key(keyword, shadow=shadow), "/msd/remote-register",
                                        body)
         if answer is None:
             await self._store_global(keyword, record, shadow=shadow, origin=origin)
@@ -154,7 +164,7 @@ class SessionService:
             await self._store_global(keyword, record, shadow=shadow, origin=origin)
             return {"owner": self.domain}
 
-        self._relay(_key(keyword, shadow=shadow), "/msd/remote-register", body=body,
+        self.pass_or_answer(_key(keyword, shadow=shadow), "/msd/remote-register", body=body,
                     hops=hops, at_owner=store)
 
     async def _store_global(
@@ -177,7 +187,7 @@ class SessionService:
         body: dict[str, Any] = {"key": f"{key:032x}", "hops": [self.domain]}
         if search is not None:
             body |= search.to_json()
-        answer = await self._originate(key, "/msd/probe", body)
+        answer = await self.originate(key, "/msd/probe", body)
         if answer is None:
             return await self._owner_answer(key, hops=(), search=search)
         return answer
@@ -190,9 +200,9 @@ class SessionService:
         async def answer() -> dict[str, Any]:
             return await self._owner_answer(key, hops=hops, search=search)
 
-        self._relay(key, "/msd/probe", body=body, hops=hops, at_owner=answer)
+        self.pass_or_answer(key, "/msd/probe", body=body, hops=hops, at_owner=answer)
 
-    def _relay(
+    def pass_or_answer(
         self, key: int, path: str, *, body: dict[str, Any], hops: tuple[str, ...],
         at_owner: Callable[[], Awaitable[dict[str, Any]]],
     ) -> None:
@@ -201,7 +211,7 @@ class SessionService:
 
         async def handle() -> None:
             try:
-                peer = self._next(key, hops=hops)
+                peer = self.next_peer(key, hops=hops)
                 if peer is None:
                     await self.relay.answer(body, result=await at_owner())
                     return
@@ -225,6 +235,8 @@ class SessionService:
             found = await self.ext_search(search)
             if found is not None:
                 answer["sessions"] = found
+                answer["complete"] = self.mirror.complete(
+                    _key(search.keyword, shadow=search.shadow))
         return answer
 
     async def ext_search(self, search: Search) -> list[dict[str, Any]] | None:
@@ -252,82 +264,33 @@ class SessionService:
 
     # --- housekeeping ----------------------------------------------------------------------
 
-    async def migrate(self) -> int:
-        """Send away the records whose keys a re-split gave to another domain."""
+    async def migrate(self) -> bool:
+        """Send away the records whose keys a re-split gave to another domain; True once
+        none is left here (a record whose new owner cannot be reached waits for a retry)."""
         node = self.node()
-        moved = 0
-        outside = await self.store.global_outside(node.owned.start, node.owned.end,
-                                                  now=self._clock(), limit=MIGRATE_BATCH)
-        for keyword, shadow, record, origin in outside:
-            try:
-                owner = await self.remote_register(keyword, record, shadow=shadow, origin=origin)
-            except (MsdError, aiohttp.ClientError, TimeoutError) as exc:
-                log.debug("migration of %s %s waits: %s", keyword, record.uri, exc)
-                continue
-            if owner != self.domain:
-                await self.store.delete_global(keyword, record.uri, shadow=shadow)
-                moved += 1
-        self.migrated += moved
-        return moved
-
-    async def recover(self) -> int:
-        """Gather the records of keys this MSD has just gained, from their counterparts.
-
-        When a domain dies, its range goes to others, and its records with it: a gained
-        key h's records are rebuilt from the shadow copies stored under ~h, and the
-        shadow copies it held (for keys ~h in the gained range) from the primaries under
-        h. Storing is idempotent, so records a live previous holder also migrates here
-        do no harm. Returns how many records were stored; a failed piece is tried again
-        on the next round."""
-        owned = self.node().owned
-        if self._held == owned:
-            return 0
-        stored = 0
-        for start, end in _gained(self._held, owned):
-            for shadow in (False, True):
-                stored += await self._recover_piece(start, end, shadow=shadow)
-        self._held = owned
-        self.recovered += stored
-        return stored
-
-    async def _recover_piece(self, start: int, end: int, *, shadow: bool) -> int:
-        # Records of kind `shadow` with keys in [start, end) have their counterparts (the
-        # other kind) under the inverted keys, which fill [SPACE - end, SPACE - start).
-        key, stop, stored = SPACE - end, SPACE - start, 0
-        while key < stop:
-            answer = await self.probe(key)
-            piece = KeyRange.from_json([answer["start"], answer["end"]])
-            upto = min(piece.end, stop)
-            found: list[tuple[str, SessionRecord, str]]
-            if answer["owner"] == self.domain:
-                held = await self.store.held_between(key, upto, shadow=not shadow,
-                                                     now=self._clock(), limit=RECOVER_BATCH)
-                found = [(h.keyword, h.record, h.origin) for h in held]
-            else:
-                host, _, port = str(answer["address"]).rpartition(":")
-                reply = await self.relay.send(
-                    Peer(domain=str(answer["owner"]), host=host, port=int(port)),
-                    "/msd/held", {"start": f"{key:032x}", "end": f"{upto:032x}",
-                                  "shadow": not shadow})
-                found = [(h["keyword"], parse_record(h["record"]), str(h["origin"]))
-                         for h in reply["held"]]
-            for keyword, record, origin in found:
-                if start <= _key(keyword, shadow=shadow) < end:
-                    await self._store_global(keyword, record, shadow=shadow, origin=origin)
-                    stored += 1
-            key = upto
-        return stored
-
-    async def held(self, start: int, end: int, *, shadow: bool) -> list[dict[str, Any]]:
-        """The records of one kind this MSD holds under keys in [start, end) (for recovery)."""
-        found = await self.store.held_between(start, end, shadow=shadow, now=self._clock(),
-                                              limit=RECOVER_BATCH)
-        return [{"keyword": h.keyword, "record": h.record.model_dump(mode="json"),
-                 "origin": h.origin} for h in found]
+        while True:
+            outside = await self.store.global_outside(node.owned.start, node.owned.end,
+                                                      now=self._clock(), limit=MIGRATE_BATCH)
+            moved = 0
+            for keyword, shadow, record, origin in outside:
+                try:
+                    owner = await self.remote_register(keyword, record, shadow=shadow,
+                                                       origin=origin)
+                except (MsdError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.debug("migration of %s %s waits: %s", keyword, record.uri, exc)
+                    continue
+                if owner != self.domain:
+                    await self.store.delete_global(keyword, record.uri, shadow=shadow)
+                    moved += 1
+            self.migrated += moved
+            if moved < len(outside):
+                return False
+            if len(outside) < MIGRATE_BATCH:
+                return True
 
     # --- plumbing --------------------------------------------------------------------------
 
-    async def _originate(
+    async def originate(
         self, key: int, path: str, body: dict[str, Any]
     ) -> dict[str, Any] | None:
         """Route a request from here to the owner of `key`: its answer, or None if we own it.
@@ -339,7 +302,7 @@ class SessionService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ORIGIN_RETRY_S
         while True:
-            peer = self._next(key, hops=())
+            peer = self.next_peer(key, hops=())
             if peer is None:
                 return None
             self.routed += 1
@@ -351,7 +314,9 @@ class SessionService:
                 log.debug("%s of %032x failed, routing it afresh: %s", path, key, exc)
                 await asyncio.sleep(ORIGIN_RETRY_PAUSE_S)
 
-    def _next(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
+    def next_peer(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
+        """The next hop towards the owner of `key`, None if we own it; RoutingFailed for a
+        loop, too many hops, or no route (the tree is healing)."""
         if len(hops) >= MAX_HOPS:
             raise RoutingFailed(f"gave up after {MAX_HOPS} hops: {' → '.join(hops[:5])} …")
         if self.domain in hops:
@@ -380,18 +345,6 @@ class Search:
 
 def _with_distance(found: NearRecord) -> dict[str, Any]:
     return found.record.model_dump(mode="json") | {"distance_km": round(found.distance_km, 3)}
-
-
-def _gained(before: KeyRange | None, after: KeyRange) -> list[tuple[int, int]]:
-    """The pieces of `after` that were not in `before` (at most two)."""
-    if before is None or before.end <= after.start or after.end <= before.start:
-        return [(after.start, after.end)]
-    pieces = []
-    if after.start < before.start:
-        pieces.append((after.start, before.start))
-    if before.end < after.end:
-        pieces.append((before.end, after.end))
-    return pieces
 
 
 def _key(keyword: str, *, shadow: bool) -> int:

@@ -105,6 +105,15 @@ class HeldRecord(NamedTuple):
     origin: str
 
 
+class MirrorCursor(NamedTuple):
+    """Where a paged read of held records stopped: the last row's (key, keyword, uri, shadow)."""
+
+    key: str
+    keyword: str
+    uri: str
+    shadow: bool
+
+
 class NearRecord(NamedTuple):
     """A record found by a proximity search, with its geodesic distance from the centre."""
 
@@ -231,11 +240,15 @@ class MsdStore:
             await _upsert(conn, global_records, values, keys=("keyword", "uri", "shadow"))
             await _place(conn, record, kind=GeoKind.SHADOW if shadow else GeoKind.GLOBAL)
 
-    async def put_global_many(self, held: Iterable[HeldRecord], *, now: float) -> int:
-        """`put_global` for many records: BULK_BATCH per transaction; the number written.
+    async def put_global_many(
+        self, held: Iterable[HeldRecord], *, now: float, keep_newer: bool = False
+    ) -> int:
+        """`put_global` for many records: BULK_BATCH per transaction; the number given.
 
         Every record is checked before anything is written; each batch is atomic, and a
-        record given twice is written as its last version.
+        record given twice is written as its last version. With `keep_newer`, a record
+        already held with a later expiry is left as it is (copies restored from the mirror
+        may be older than what an originator has sent since).
         """
         items = list(held)
         for keyword, _shadow, record, _origin in items:
@@ -253,6 +266,8 @@ class MsdStore:
                     "expires_at": record.expires_at, "updated_at": now}
                 placed[(record.uri, GeoKind.SHADOW if shadow else GeoKind.GLOBAL)] = record
             async with self._translate("put global many"), self._engine.begin() as conn:
+                if keep_newer:
+                    await _drop_older(conn, rows, placed)
                 await _upsert_many(conn, global_records, list(rows.values()),
                                    keys=("keyword", "uri", "shadow"))
                 await _place_many(conn, placed)
@@ -300,20 +315,27 @@ class MsdStore:
             rows = (await conn.execute(query)).all()
         return [HeldRecord(r.keyword, bool(r.shadow), _parse(r.body), r.origin) for r in rows]
 
-    async def held_between(
-        self, start: int, end: int, *, shadow: bool, now: float, limit: int
-    ) -> list[HeldRecord]:
-        """Unexpired held records of one kind whose stored key lies in [start, end)."""
+    async def global_within(
+        self, start: int, end: int, *, after: MirrorCursor | None, now: float, limit: int
+    ) -> list[tuple[MirrorCursor, HeldRecord]]:
+        """Unexpired held records whose key is in [start, end), in key order, from just
+        after `after`: one page of what a domain restores from the mirror of its range."""
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= SPACE):
             raise StoreError(f"need 0 <= start < end <= 2**128, got {start!r}, {end!r}")
-        inside = [GR.key >= key_hex(start), GR.shadow == shadow, GR.expires_at > now]
+        where = [GR.key >= key_hex(start), GR.expires_at > now]
         if end < SPACE:
-            inside.append(GR.key < key_hex(end))
-        query = (sa.select(GR.keyword, GR.shadow, GR.body, GR.origin).where(*inside)
-                 .order_by(GR.key, GR.keyword, GR.uri).limit(_check_limit(limit)))
-        async with self._translate("list records in a range"), self._engine.connect() as conn:
+            where.append(GR.key < key_hex(end))
+        if after is not None:
+            where.append(sa.tuple_(GR.key, GR.keyword, GR.uri, GR.shadow)
+                         > sa.tuple_(sa.literal(after.key), sa.literal(after.keyword),
+                                     sa.literal(after.uri), sa.literal(after.shadow)))
+        query = (sa.select(GR.key, GR.keyword, GR.shadow, GR.uri, GR.body, GR.origin)
+                 .where(*where)
+                 .order_by(GR.key, GR.keyword, GR.uri, GR.shadow).limit(_check_limit(limit)))
+        async with self._translate("list records within a range"), self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [HeldRecord(r.keyword, bool(r.shadow), _parse(r.body), r.origin) for r in rows]
+        return [(MirrorCursor(r.key, r.keyword, r.uri, bool(r.shadow)),
+                 HeldRecord(r.keyword, bool(r.shadow), _parse(r.body), r.origin)) for r in rows]
 
     async def delete_global(self, keyword: str, uri: str, *, shadow: bool) -> bool:
         """Remove one held record (and its geo row if it was the session's last); False if none."""
@@ -446,6 +468,24 @@ async def _upsert_many(
         index_elements=[table.c[key] for key in keys],
         set_={column: statement.excluded[column] for column in rows[0] if column not in keys})
     await conn.execute(statement, rows)
+
+
+async def _drop_older(
+    conn: AsyncConnection, rows: dict[tuple[str, str, bool], dict[str, Any]],
+    placed: dict[tuple[str, GeoKind], SessionRecord],
+) -> None:
+    """Leave out of `rows` (and `placed`) the records held already with a later expiry."""
+    uris = sorted({uri for _, uri, _ in rows})
+    for i in range(0, len(uris), CELLS_PER_QUERY):
+        query = (sa.select(GR.keyword, GR.uri, GR.shadow, GR.expires_at)
+                 .where(GR.uri.in_(uris[i:i + CELLS_PER_QUERY])))
+        for keyword, uri, shadow, expires_at in (await conn.execute(query)).all():
+            row = rows.get((keyword, uri, bool(shadow)))
+            if row is not None and expires_at > row["expires_at"]:
+                del rows[(keyword, uri, bool(shadow))]
+    kept = {(uri, GeoKind.SHADOW if shadow else GeoKind.GLOBAL) for _, uri, shadow in rows}
+    for placement in [p for p in placed if p not in kept]:
+        del placed[placement]
 
 
 async def _collect_local(conn: AsyncConnection, *, now: float) -> tuple[int, int]:

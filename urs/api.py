@@ -380,7 +380,7 @@ async def member_put(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise RequestRejected(422, field_errors(exc), reason="invalid") from None
     await context.bootstrap.set_member(msd_id, update)
-    return web.json_response(await context.bootstrap.document())
+    return web.json_response(await context.bootstrap.document(wait_for_parent=False))
 
 
 async def designated_put(request: web.Request) -> web.Response:

@@ -130,6 +130,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 yield
             finally:
                 await _cancel(purge)
+                await context.bootstrap_.close()
                 context.bootstrap_ = None
                 context.indexer_ = None
                 context.search_ = None

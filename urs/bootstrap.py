@@ -9,6 +9,7 @@ asks the parent domain's URS for the parent's designated MSD.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -150,15 +151,25 @@ class BootstrapService:
         self._lock = asyncio.Lock()
         self._cached: ParentAnswer | None = None
         self._cached_until = 0.0
+        self._refresh: asyncio.Task[ParentAnswer] | None = None
 
     def __repr__(self) -> str:
         return f"BootstrapService(domain={self._settings.domain!r}, locator={self._locator!r})"
 
-    async def document(self) -> dict[str, Any]:
-        """GET /bootstrap: everything an MSD of this domain needs to start."""
+    async def document(self, *, wait_for_parent: bool = True) -> dict[str, Any]:
+        """GET /bootstrap: everything an MSD of this domain needs to start.
+
+        Without `wait_for_parent` (the answer to an MSD's poll) the parent's designated MSD
+        is the last one looked up, refreshed in the background: the poll's answer is what
+        the domain's election reads, and a parent whose DNS or URS is dead (up to
+        `parent_timeout_s` per lookup) must not make that answer stale."""
         settings = self._settings
+        if wait_for_parent:
+            parent = await self.parent_designated()
+        else:
+            parent = self.parent_designated_now()
+        # Read after the parent's part: the lease is as fresh as the answer can make it.
         own = await self._store.get_designated(settings.domain, now=self._clock())
-        parent = await self.parent_designated()
         return {
             "domain": settings.domain,
             "parent": settings.parent_domain or "void",
@@ -202,6 +213,27 @@ class BootstrapService:
         stored = await self._store.set_designated(self._settings.domain, entry, now=now)
         self._metrics.designated_updates.inc()
         return stored
+
+    def parent_designated_now(self) -> ParentAnswer:
+        """The parent's designated MSD as last looked up, without waiting: a lookup starts
+        in the background when that answer is stale (or there is none yet)."""
+        if self._settings.parent_domain is None:
+            return ParentAnswer(designated=None, error=None)
+        fresh = (self._cached is not None
+                 and asyncio.get_running_loop().time() < self._cached_until)
+        if not fresh and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self.parent_designated(),
+                                                name=f"parent lookup {self._settings.domain}")
+        if self._cached is not None:
+            return self._cached
+        return ParentAnswer(designated=None, error="the parent's URS is being looked up")
+
+    async def close(self) -> None:
+        """Stop a background lookup (at shutdown)."""
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
 
     async def parent_designated(self) -> ParentAnswer:
         """The parent's designated MSD, cached for `parent_cache_s`; never raises."""

@@ -70,7 +70,11 @@ async def _start(tmp_path: Path, scenario: str, **options: Any) -> Hierarchy:
                           ephemeral_ports=True, msd_in_process=True, heartbeat_s=HB,
                           **{"msds": 1, **options})
     await hierarchy.start()
-    await hierarchy.wait_ready(timeout=10)
+    try:
+        await hierarchy.wait_ready(timeout=30)  # generous: a 2-core machine busy with others
+    except BaseException:
+        await hierarchy.close()  # else its sockets leak into the next test's warnings
+        raise
     return hierarchy
 
 

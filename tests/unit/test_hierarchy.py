@@ -95,6 +95,25 @@ def test_a_link_with_multicast_blocked_falls_back_to_unicast() -> None:
     _assert_whole(net)
 
 
+def test_a_domain_that_never_heard_its_parent_asks_for_unicast() -> None:
+    """Its multicast blocked from the start (a host behind a firewall), restarted after its
+    parent already counts it: no unicast heartbeat greets the new daemon, and none comes
+    until it asks for unicast, which it does after `unicast_after` heartbeats of waiting."""
+    net = _network("scenario1")
+    leaf = "dom0200.dom020.dom02.level0.testdomain.info"
+    net.block_multicast(leaf)
+    net.run(until=1 * HB)  # the parent counts the leaf, and greeted it with one unicast beat
+    config = _configs("scenario1")[leaf]
+    net.add(leaf, parent=config.parent_domain, cmcast=config.cmcast, pmcast=config.pmcast, term=2)
+    net.block_multicast(leaf)  # the host is still behind its firewall
+    net.run(until=net.now + 8 * HB)  # 2 waiting, 1 joined, 2 retrying multicast, then steady
+    node = net.domains[leaf].node
+    assert node.state is NodeState.JOINED and node.parent_link is LinkMode.UNICAST
+    parent = net.domains["dom020.dom02.level0.testdomain.info"].node
+    assert parent.children[leaf].link is LinkMode.UNICAST
+    _assert_whole(net)
+
+
 def test_killing_a_middle_domain_grafts_its_children_within_five_heartbeats() -> None:
     net = _network("scenario1")
     net.run(until=15 * HB)
@@ -115,6 +134,27 @@ def test_killing_a_middle_domain_grafts_its_children_within_five_heartbeats() ->
     after = {n.domain: (n.parent.domain if n.parent else None) for n in net.live_nodes()}
     assert after == before
     assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in net.live_nodes())
+    _assert_whole(net)
+
+
+def test_an_orphan_whose_tracer_was_lost_traces_again() -> None:
+    """Under loss the one tracer (or the graft) may be lost: the orphan, standing in as the
+    root of its subtree meanwhile, traces again every `retrace_every` heartbeats."""
+    net = _network("scenario1")
+    net.run(until=15 * HB)
+    middle = "dom020.dom02.level0.testdomain.info"
+    net.kill(middle)
+    killed = net.now
+    net.run(until=killed + 2.95 * HB)
+    net.loss = 1.0  # every datagram of the first round (the root, then dom02) is lost
+    net.run(until=killed + 5.2 * HB)
+    leaves = [net.domains[f"{leaf}.{middle}"].node for leaf in ("dom0200", "dom0201", "dom0202")]
+    assert all(node.state is NodeState.WAITING for node in leaves)  # a forest, for now
+    net.loss = 0.0
+    net.run(until=killed + 9.5 * HB)
+    for node in leaves:
+        assert node.state is NodeState.FOSTERED
+        assert node.parent is not None and node.parent.domain == "dom02.level0.testdomain.info"
     _assert_whole(net)
 
 

@@ -18,6 +18,7 @@ from msd.store import (
     COLLECT_BATCH,
     GeoKind,
     HeldRecord,
+    MirrorCursor,
     MsdStore,
     StoreError,
     geo_key,
@@ -265,6 +266,47 @@ async def test_global_outside_at_the_range_boundaries(store: MsdStore, clock: Cl
     for start, end in ((5, 5), (6, 5), (-1, 5), (0, SPACE + 1)):
         with pytest.raises(StoreError, match="start < end"):
             await outside(start, end)
+
+
+async def test_global_within_pages_a_range_in_key_order(store: MsdStore, clock: Clock) -> None:
+    words = [f"w{i}" for i in range(12)]
+    for i, word in enumerate(words):
+        session = record(f"s{i}", keywords=(word,))
+        await store.put_global(word, session, shadow=bool(i % 2), origin=DOMAIN, now=clock.now)
+    keys = sorted(shadow_of(key_of(w)) if i % 2 else key_of(w) for i, w in enumerate(words))
+    lo, hi = keys[2], keys[9]  # [lo, hi): the 3rd to the 9th key
+    pages, after = [], None
+    while True:
+        page = await store.global_within(lo, hi, after=after, now=clock.now, limit=3)
+        pages.append([cursor.key for cursor, _ in page])
+        if len(page) < 3:
+            break
+        after = page[-1][0]
+    assert [k for page in pages for k in page] == [key_hex(k) for k in keys[2:9]]
+    assert [len(page) for page in pages] == [3, 3, 1]
+    held = (await store.global_within(0, SPACE, after=None, now=clock.now, limit=100))
+    assert {(h.keyword, h.shadow) for _, h in held} == {(w, bool(i % 2))
+                                                        for i, w in enumerate(words)}
+    last = MirrorCursor(key_hex(keys[-1]), "~", "~", True)  # past every row
+    assert await store.global_within(0, SPACE, after=last, now=clock.now, limit=5) == []
+    assert await store.global_within(0, SPACE, after=None, now=T0 + TTL, limit=5) == []
+    with pytest.raises(StoreError, match="start < end"):
+        await store.global_within(5, 5, after=None, now=clock.now, limit=5)
+
+
+async def test_keep_newer_leaves_a_later_copy_alone(store: MsdStore, clock: Clock) -> None:
+    newer = record(keywords=("jazz",), expires_at=T0 + 2 * TTL, title="newer", at=LONDON)
+    older = record(keywords=("jazz",), title="older", at=GAINESVILLE)
+    await store.put_global("jazz", newer, shadow=False, origin=DOMAIN, now=clock.now)
+    held = [HeldRecord("jazz", False, older, DOMAIN), HeldRecord("jazz", True, older, DOMAIN)]
+    assert await store.put_global_many(held, now=clock.now, keep_newer=True) == 2
+    assert await store.search_global("jazz", shadow=False, now=clock.now) == [newer]
+    assert await store.search_global("jazz", shadow=True, now=clock.now) == [older]  # was absent
+    # The geo row stays the newer copy's.
+    assert await store.near([cell_key(*GAINESVILLE)], kinds=[GeoKind.GLOBAL],
+                            now=clock.now) == []
+    await store.put_global_many(held, now=clock.now)  # without keep_newer: the last word wins
+    assert await store.search_global("jazz", shadow=False, now=clock.now) == [older]
 
 
 async def test_migration_deletes_records_and_their_last_geo_row(
