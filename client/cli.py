@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import TextIO
 
 from client.errors import ClientError
+from client.fuzz import add_parser as add_fuzz_parser
+from client.fuzz import run as run_fuzz
+from client.key_commands import add_parsers as add_key_parsers
+from client.key_commands import run as run_key_command
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.sap_commands import add_parsers as add_sap_parsers
 from client.sap_commands import run as run_sap_command
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--block-multicast", action="append", default=[], metavar="DOMAIN",
                         help="run DOMAIN's MSDs as on a host whose multicast is blocked "
                              "(repeatable)")
+    up_cmd.add_argument("--key-trust", choices=("tofu", "pinned"), default="tofu",
+                        help="how MSDs trust other domains' keys: learnt on first use "
+                             "(default), or only from a pinned-keys file of every domain")
     _tree_options(up_cmd)
 
     status_cmd = commands.add_parser(
@@ -133,7 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     msd_cmd.add_argument("--msd-key-file", type=Path, required=True, metavar="FILE",
                          help="the domain's secret for announcing the designated MSD to the URS")
     msd_cmd.add_argument("--hierarchy-key-file", type=Path, required=True, metavar="FILE",
-                         help="the hierarchy's secret that authenticates control datagrams")
+                         help="the hierarchy's shared secret: every control datagram and "
+                              "MSD-to-MSD request carries an HMAC with it")
+    msd_cmd.add_argument("--domain-key-file", type=Path, required=True, metavar="FILE",
+                         help="the domain's Ed25519 private key (mode 0600; `mdns keys "
+                              "generate`): signs everything this daemon sends")
+    msd_cmd.add_argument("--pinned-keys", type=Path, metavar="FILE",
+                         help="`domain public-key` lines the administrator trusts above "
+                              "every other source")
+    msd_cmd.add_argument("--known-keys", type=Path, metavar="FILE",
+                         help="where keys learnt on first use are kept across restarts")
+    msd_cmd.add_argument("--no-tofu", action="store_true",
+                         help="trust no key learnt on first use or from the URS: only "
+                              "--pinned-keys (and our own)")
     msd_cmd.add_argument("--interface", default="127.0.0.1", metavar="ADDR",
                          help="the address whose interface carries multicast and unicast "
                               "(default 127.0.0.1)")
@@ -151,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tree_options(msd_cmd)
     add_session_parsers(commands)
     add_sap_parsers(commands)
+    add_key_parsers(commands)
+    add_fuzz_parser(commands)
 
     experiment = commands.add_parser("experiment", help="the dissertation's experiments")
     experiments = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT",
@@ -236,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_session_command(args, out=sys.stdout)
         if args.command == "sap":
             return run_sap_command(args, out=sys.stdout)
+        if args.command == "keys":
+            return run_key_command(args, out=sys.stdout)
+        if args.command == "fuzz":
+            return run_fuzz(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
@@ -281,6 +306,7 @@ def _up(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         alpha=args.alpha,
         beta=args.beta,
+        key_trust=args.key_trust,
         out=sys.stdout,
     ))
     return 0
@@ -341,14 +367,21 @@ def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
 
 def _msd(args: argparse.Namespace) -> int:
     from msd.daemon import run_daemon
+    from msd.keys import load_private_key, read_key_file
 
     try:
         msd_key = args.msd_key_file.read_text().strip()
         hierarchy_key = args.hierarchy_key_file.read_bytes().strip()
     except OSError as exc:
         raise ClientError(f"cannot read a key file: {exc}") from None
+    domain_key = load_private_key(args.domain_key_file)
+    pinned = read_key_file(args.pinned_keys) if args.pinned_keys else {}
+    if args.no_tofu and not pinned:
+        raise ClientError("--no-tofu trusts only --pinned-keys: give that file")
     asyncio.run(run_daemon(
         urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
+        domain_key=domain_key, pinned_keys=pinned, known_keys_file=args.known_keys,
+        tofu=not args.no_tofu,
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
         multicast=not args.no_multicast, database_url=args.database))

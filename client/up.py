@@ -59,6 +59,7 @@ async def run_up(
     heartbeat_s: float = 1.0,
     alpha: float = 0.1,
     beta: float = 0.1,
+    key_trust: str = "tofu",
     stop: asyncio.Event | None = None,
 ) -> None:
     """Start every domain, wait until all answer, register the samples, then run until stopped."""
@@ -71,7 +72,7 @@ async def run_up(
     hierarchy = Hierarchy(configs, data_dir=data_dir, multicast_mode=multicast_mode,
                           ephemeral_ports=ephemeral_ports, msds=msds, heartbeat_s=heartbeat_s,
                           multicast_blocked=multicast_blocked, interface=interface,
-                          alpha=alpha, beta=beta)
+                          alpha=alpha, beta=beta, key_trust=key_trust)
     stop = stop or _stop_on_signals()
     try:
         await hierarchy.start()

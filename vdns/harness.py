@@ -24,10 +24,19 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from msd.keys import (
+    generate_private_key,
+    key_line,
+    key_text,
+    load_private_key,
+    public_bytes,
+    write_private_key,
+)
 from msd.relay import Delay
 from msd.store import sqlite_url
-from urs.app import create_app
+from urs.app import create_app, make_runner, start_site
 from urs.settings import UrsSettings
 from vdns.errors import VdnsError
 from vdns.mds import DomainConfig
@@ -38,7 +47,10 @@ from vdns.sockets import bind_dns_sockets, remap_ports
 log = logging.getLogger(__name__)
 
 MULTICAST_MODES = ("asm", "ssm", "none")
+KEY_TRUST = ("tofu", "pinned")
 MAX_MSDS_PER_DOMAIN = 16
+DOMAIN_KEY_FILE = "domain.key"  # the domain's Ed25519 private key, in its data directory
+PINNED_KEYS_FILE = "pinned.keys"  # every domain's public key, for --key-trust pinned
 
 
 @dataclasses.dataclass
@@ -77,9 +89,13 @@ class Hierarchy:
         multicast_blocked: Sequence[str] = (),
         interface: str = "127.0.0.1",
         inter_domain_delay: Delay | None = None,
+        key_trust: str = "tofu",
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
+        if key_trust not in KEY_TRUST:
+            raise VdnsError(f"key trust must be one of {', '.join(KEY_TRUST)}")
+        self.key_trust = key_trust
         if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
             raise VdnsError(f"--msds must be 0..{MAX_MSDS_PER_DOMAIN}, got {msds}")
         self._configs = list(configs)
@@ -134,11 +150,20 @@ class Hierarchy:
 
     async def _start_msds(self) -> None:
         hierarchy_key = _secret_file(self.data_dir / "hierarchy.key")
+        pinned = None
+        if self.key_trust == "pinned":
+            # The administrator's way: every domain's public key, pinned; nothing learnt.
+            pinned = self.data_dir / PINNED_KEYS_FILE
+            lines = [key_line(r.config.domain, public_bytes(load_private_key(
+                self.data_dir / r.config.domain / DOMAIN_KEY_FILE)))
+                for r in self.domains.values()]
+            pinned.write_text("".join(f"{line}\n" for line in lines))
         for running in self.domains.values():
             domain_dir = self.data_dir / running.config.domain
             launch = MsdLaunch(
                 urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
                 hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
+                domain_key_file=domain_dir / DOMAIN_KEY_FILE, pinned_keys_file=pinned,
                 heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
                 in_process=self.msd_in_process, interface=self.interface,
                 multicast=running.config.domain not in self.multicast_blocked,
@@ -177,10 +202,11 @@ class Hierarchy:
             data_dir=domain_dir,
             multicast_mode=self.multicast_mode,
             msd_key=_msd_key(domain_dir),
+            public_key=key_text(public_bytes(_domain_key(domain_dir))),
         )
-        runner = web.AppRunner(create_app(settings), access_log=None)
+        runner = make_runner(create_app(settings))
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await start_site(runner, sock)
         return runner
 
     async def wait_ready(self, *, timeout: float = 10.0) -> None:
@@ -257,6 +283,15 @@ def _bind_tcp(host: str, port: int, *, what: str) -> socket.socket:
 def _msd_key(domain_dir: Path) -> str:
     """The domain's secret for MSD → URS calls, made once and kept (mode 0600)."""
     return _secret_file(domain_dir / "msd.key").read_text().strip()
+
+
+def _domain_key(domain_dir: Path) -> Ed25519PrivateKey:
+    """The domain's Ed25519 key, made once and kept (mode 0600), as `mdns keys generate`
+    would make it: so `mdns up` needs no extra step."""
+    path = domain_dir / DOMAIN_KEY_FILE
+    if not path.exists():
+        write_private_key(path, generate_private_key())
+    return load_private_key(path)
 
 
 def _secret_file(path: Path) -> Path:

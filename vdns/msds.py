@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from msd.daemon import MsdDaemon, MsdSettings
+from msd.keys import load_private_key, read_key_file
 from msd.relay import Delay
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ class MsdLaunch:
     urs_url: str
     msd_key_file: Path
     hierarchy_key_file: Path
-    log_dir: Path
+    log_dir: Path  # also holds each daemon's known keys (msd-<index>.known-keys)
+    domain_key_file: Path  # the domain's Ed25519 private key
+    pinned_keys_file: Path | None = None  # given: trust only these keys (no first use)
     interface: str = "127.0.0.1"
     heartbeat_s: float = 1.0
     alpha: float = 0.1
@@ -52,6 +55,10 @@ class _Daemon:
         self._stop = asyncio.Event()
 
     @property
+    def known_keys_file(self) -> Path:
+        return self.launch.log_dir / f"msd-{self.index}.known-keys"
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
@@ -66,10 +73,14 @@ class _Daemon:
         priority = 100 - self.index  # the first daemon is preferred, then the next
         if launch.in_process:
             self._stop = asyncio.Event()
+            pinned = launch.pinned_keys_file
             self.daemon = MsdDaemon(MsdSettings(
                 urs_url=launch.urs_url,
                 msd_key=launch.msd_key_file.read_text().strip(),
                 hierarchy_key=launch.hierarchy_key_file.read_bytes().strip(),
+                domain_key=load_private_key(launch.domain_key_file),
+                pinned_keys=read_key_file(pinned) if pinned else {},
+                tofu=pinned is None, known_keys_file=self.known_keys_file,
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
                 alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
                 database_url=launch.database_url,
@@ -84,6 +95,10 @@ class _Daemon:
                 "--urs", launch.urs_url,
                 "--msd-key-file", str(launch.msd_key_file),
                 "--hierarchy-key-file", str(launch.hierarchy_key_file),
+                "--domain-key-file", str(launch.domain_key_file),
+                "--known-keys", str(self.known_keys_file),
+                *(["--pinned-keys", str(launch.pinned_keys_file), "--no-tofu"]
+                  if launch.pinned_keys_file else []),
                 "--interface", launch.interface,
                 "--priority", str(priority),
                 "--heartbeat", str(launch.heartbeat_s),
