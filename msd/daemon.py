@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 TICKS_PER_HEARTBEAT = 10
 BIND_ATTEMPTS = 20
-SENT_TAGS_KEPT = 256  # our own datagrams recognised when the kernel loops them back
+SENT_KEPT = 256  # our own datagrams recognised when the kernel loops them back
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,9 +125,9 @@ class MsdDaemon:
         self.connections = ConnectionGuard(settings.http_limits)
         self._public_key = public_bytes(settings.domain_key)
         self._replay = ReplayGuard()
-        # The tags of our latest datagrams: our own multicast, looped back, is known by its
-        # tag and skipped before the signature check (half of what a daemon hears).
-        self._sent_tags: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        # Our latest datagrams by tag: our own multicast, looped back, is known by its bytes
+        # and skipped before the signature check (half of what a daemon hears).
+        self._sent: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         # Sequence numbers start from the wall clock, so a restarted daemon is not "replayed".
         self._seq = time.time_ns() // 1000
         self._http: aiohttp.ClientSession | None = None
@@ -347,7 +347,7 @@ class MsdDaemon:
         self, payload: bytes, *, source: tuple[str, int], via: Channel | None
     ) -> None:
         assert self.keyring is not None
-        if payload[-TAG_BYTES:] in self._sent_tags:
+        if self._sent.get(payload[-TAG_BYTES:]) == payload:
             return  # our own multicast, looped back (or a copy of it: harmless either way)
         try:
             message = decode(payload, key=self.settings.hierarchy_key,
@@ -391,9 +391,9 @@ class MsdDaemon:
                                       sent_at_ms=int(time.time() * 1000))
         datagram = encode(stamped, key=self.settings.hierarchy_key,
                           signer=self.settings.domain_key)
-        self._sent_tags[datagram[-TAG_BYTES:]] = None
-        if len(self._sent_tags) > SENT_TAGS_KEPT:
-            self._sent_tags.popitem(last=False)
+        self._sent[datagram[-TAG_BYTES:]] = datagram
+        if len(self._sent) > SENT_KEPT:
+            self._sent.popitem(last=False)
         return datagram
 
     async def _carry_tree(self, actions: Iterable[Action]) -> None:
