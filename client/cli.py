@@ -153,6 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     msd_cmd.add_argument("--no-tofu", action="store_true",
                          help="trust no key learnt on first use or from the URS: only "
                               "--pinned-keys (and our own)")
+    limits = msd_cmd.add_argument_group(
+        "limits", "per client address (0 turns a rate off); requests signed by MSDs or "
+                  "pushed by the URS are not rate-limited")
+    limits.add_argument("--register-rate", type=float, default=20.0, metavar="PER_S",
+                        help="registrations a second (default 20)")
+    limits.add_argument("--register-burst", type=int, default=100, metavar="N",
+                        help="registrations at once (default 100)")
+    limits.add_argument("--search-rate", type=float, default=500.0, metavar="PER_S",
+                        help="msd-probe, ext-search, local-search and /search requests a "
+                             "second (default 500)")
+    limits.add_argument("--search-burst", type=int, default=1000, metavar="N",
+                        help="search requests at once (default 1000)")
+    limits.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="a connection's first request head must arrive within this "
+                             "(default 10)")
+    limits.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="a request body must arrive within this (default 10)")
     msd_cmd.add_argument("--interface", default="127.0.0.1", metavar="ADDR",
                          help="the address whose interface carries multicast and unicast "
                               "(default 127.0.0.1)")
@@ -366,8 +383,11 @@ def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
 
 
 def _msd(args: argparse.Namespace) -> int:
+    from msd.api import ApiLimits
     from msd.daemon import run_daemon
+    from msd.http_limits import HttpLimits
     from msd.keys import load_private_key, read_key_file
+    from msd.ratelimit import RateLimit
 
     try:
         msd_key = args.msd_key_file.read_text().strip()
@@ -378,10 +398,18 @@ def _msd(args: argparse.Namespace) -> int:
     pinned = read_key_file(args.pinned_keys) if args.pinned_keys else {}
     if args.no_tofu and not pinned:
         raise ClientError("--no-tofu trusts only --pinned-keys: give that file")
+    try:
+        api_limits = ApiLimits(
+            register=RateLimit(rate=args.register_rate, burst=args.register_burst),
+            search=RateLimit(rate=args.search_rate, burst=args.search_burst))
+        http_limits = HttpLimits(header_timeout_s=args.header_timeout,
+                                 body_timeout_s=args.body_timeout)
+    except ValueError as exc:
+        raise ClientError(f"limits: {exc}") from None
     asyncio.run(run_daemon(
         urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         domain_key=domain_key, pinned_keys=pinned, known_keys_file=args.known_keys,
-        tofu=not args.no_tofu,
+        tofu=not args.no_tofu, api_limits=api_limits, http_limits=http_limits,
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
         multicast=not args.no_multicast, database_url=args.database))

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from msd.errors import MsdError
-from msd.http_limits import BodyTimeout, BodyTooLarge, read_body
+from msd.http_limits import BodyTimeout, BodyTooLarge, ClientGone, read_body
 from msd.query import WITHIN_MAX_KM
 from msd.ratelimit import RateLimit, TokenBuckets, retry_after
 from msd.relay import AUTH_HEADER, NotAuthentic, Overloaded, RelayAuth, RoutingFailed
@@ -54,7 +54,6 @@ class ApiLimits:
 
     register: RateLimit = REGISTER_LIMIT
     search: RateLimit = SEARCH_LIMIT
-    body_timeout_s: float = 10.0
     max_body_bytes: int = MAX_BODY_BYTES
 
 
@@ -64,8 +63,8 @@ class SessionRoutes:
     def __init__(
         self, *, service: Callable[[], SessionService | None], auth: RelayAuth,
         msd_key: str, urs_url: str, http: Callable[[], aiohttp.ClientSession],
-        limits: ApiLimits | None = None, rejected: Counter[str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        limits: ApiLimits | None = None, body_timeout_s: float = 10.0,
+        rejected: Counter[str] | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._service = service
         self._auth = auth
@@ -73,6 +72,7 @@ class SessionRoutes:
         self._urs_url = urs_url
         self._http = http
         self.limits = limits or ApiLimits()
+        self._body_timeout_s = body_timeout_s
         self.rejected: Counter[str] = rejected if rejected is not None else Counter()
         self._clock = clock
         self._register_buckets = TokenBuckets(self.limits.register)
@@ -115,6 +115,8 @@ class SessionRoutes:
                 return self._refuse("too_large", 413, str(exc))
             except BodyTimeout as exc:
                 return self._refuse("slow_body", 408, str(exc))
+            except ClientGone as exc:
+                return self._refuse("client_gone", 400, str(exc))
             except NotAuthentic as exc:
                 log.info("refused %s from %s: %s", request.path, request.remote, exc)
                 return self._refuse(f"auth_{exc.reason}", 403, str(exc))
@@ -161,7 +163,7 @@ class SessionRoutes:
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         raw = await read_body(request, limit=self.limits.max_body_bytes,
-                              timeout_s=self.limits.body_timeout_s)
+                              timeout_s=self._body_timeout_s)
         return _object(raw)
 
     # --- from clients ----------------------------------------------------------------------
@@ -278,7 +280,7 @@ class SessionRoutes:
         """The body of a request from another MSD of the hierarchy (403 if not signed in its
         sender's name, or replayed)."""
         raw = await read_body(request, limit=self.limits.max_body_bytes,
-                              timeout_s=self.limits.body_timeout_s)
+                              timeout_s=self._body_timeout_s)
         self._auth.check(request.method, request.path, request.headers, raw)
         return _object(raw)
 

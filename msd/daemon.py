@@ -617,6 +617,7 @@ def status_app(daemon: MsdDaemon) -> web.Application:
     SessionRoutes(service=lambda: daemon.sessions, auth=daemon.auth,
                   msd_key=daemon.settings.msd_key, urs_url=daemon.settings.urs_url,
                   http=daemon.http, limits=limits,
+                  body_timeout_s=daemon.settings.http_limits.body_timeout_s,
                   rejected=daemon.counters.http_rejected).add_to(app)
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)

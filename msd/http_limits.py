@@ -12,7 +12,8 @@ timeout, about an hour by default. Here:
 - one address holds at most `max_connections_per_ip` connections; more are closed at once
   (counted as `too_many_connections`);
 - a body must arrive within `body_timeout_s` (`read_body`: `BodyTimeout`, a 408 for the
-  caller to send), and no larger than the app's limit (`BodyTooLarge`, a 413).
+  caller to send), and no larger than the app's limit (`BodyTooLarge`, a 413); a client
+  that hangs up halfway is `ClientGone`, counted, not a server error.
 
 `GuardedSite` serves an `aiohttp.web.AppRunner` on a bound socket with these checks; the
 runner's cleanup closes it like any site.
@@ -71,6 +72,10 @@ class BodyTooLarge(MsdError):
     """The request body is larger than the server takes: 413."""
 
 
+class ClientGone(MsdError):
+    """The client closed the connection before its body arrived."""
+
+
 async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
     """The whole body, within `limit` bytes and `timeout_s` seconds."""
     if request.content_length is not None and request.content_length > limit:
@@ -82,6 +87,8 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
         raise BodyTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(f"body larger than {limit} bytes") from None
+    except ConnectionError:
+        raise ClientGone() from None
     if len(raw) > limit:
         raise BodyTooLarge(f"body larger than {limit} bytes")
     return raw

@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from msd.http_limits import BodyTimeout, BodyTooLarge, ConnectionGuard, read_body
+from msd.http_limits import BodyTimeout, BodyTooLarge, ClientGone, ConnectionGuard, read_body
 from msd.ratelimit import TokenBuckets, retry_after
 from msd.schema import FieldError, Session, SessionRecord, field_errors
 from urs.bootstrap import BootstrapService, DesignatedUpdate, MemberUpdate, ParentLocator
@@ -421,6 +421,9 @@ async def _read_json(request: web.Request) -> Any:
     except BodyTimeout as exc:
         raise RequestRejected(408, [FieldError(field="body", message=str(exc))],
                               reason="slow_body") from None
+    except ClientGone as exc:
+        raise RequestRejected(400, [FieldError(field="body", message=str(exc))],
+                              reason="client_gone") from None
     return parse_json_body(raw)
 
 

@@ -26,6 +26,8 @@ import dns.rdatatype
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from msd.api import ApiLimits
+from msd.http_limits import HttpLimits
 from msd.keys import (
     generate_private_key,
     key_line,
@@ -34,6 +36,7 @@ from msd.keys import (
     public_bytes,
     write_private_key,
 )
+from msd.ratelimit import RateLimit
 from msd.relay import Delay
 from msd.store import sqlite_url
 from urs.app import create_app, make_runner, start_site
@@ -51,6 +54,16 @@ KEY_TRUST = ("tofu", "pinned")
 MAX_MSDS_PER_DOMAIN = 16
 DOMAIN_KEY_FILE = "domain.key"  # the domain's Ed25519 private key, in its data directory
 PINNED_KEYS_FILE = "pinned.keys"  # every domain's public key, for --key-trust pinned
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerLimits:
+    """Limits for every server of a hierarchy (None: each server's defaults)."""
+
+    http: HttpLimits | None = None  # URS and MSD: slow and greedy connections
+    msd_api: ApiLimits | None = None  # MSD: per-address registration and search rates
+    urs_register: RateLimit | None = None  # URS: POST /sessions and PUT /<id>
+    urs_list: RateLimit | None = None  # URS: GET /sessions
 
 
 @dataclasses.dataclass
@@ -90,12 +103,14 @@ class Hierarchy:
         interface: str = "127.0.0.1",
         inter_domain_delay: Delay | None = None,
         key_trust: str = "tofu",
+        limits: ServerLimits | None = None,
     ) -> None:
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
         if key_trust not in KEY_TRUST:
             raise VdnsError(f"key trust must be one of {', '.join(KEY_TRUST)}")
         self.key_trust = key_trust
+        self.limits = limits or ServerLimits()
         if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
             raise VdnsError(f"--msds must be 0..{MAX_MSDS_PER_DOMAIN}, got {msds}")
         self._configs = list(configs)
@@ -168,7 +183,8 @@ class Hierarchy:
                 in_process=self.msd_in_process, interface=self.interface,
                 multicast=running.config.domain not in self.multicast_blocked,
                 database_url=sqlite_url(self.data_dir, running.config.domain),
-                inter_domain_delay=self.inter_domain_delay)
+                inter_domain_delay=self.inter_domain_delay,
+                api_limits=self.limits.msd_api, http_limits=self.limits.http)
             running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
             await running.msds.start()
 
@@ -204,6 +220,11 @@ class Hierarchy:
             msd_key=_msd_key(domain_dir),
             public_key=key_text(public_bytes(_domain_key(domain_dir))),
         )
+        limits = self.limits
+        settings = dataclasses.replace(
+            settings, http_limits=limits.http or settings.http_limits,
+            register_limit=limits.urs_register or settings.register_limit,
+            list_limit=limits.urs_list or settings.list_limit)
         runner = make_runner(create_app(settings))
         await runner.setup()
         await start_site(runner, sock)

@@ -15,7 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from msd.api import ApiLimits
 from msd.daemon import MsdDaemon, MsdSettings
+from msd.http_limits import HttpLimits
 from msd.keys import load_private_key, read_key_file
 from msd.relay import Delay
 
@@ -42,6 +44,8 @@ class MsdLaunch:
     multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
     database_url: str | None = None  # the domain's session store, shared by its MSDs
     inter_domain_delay: Delay | None = None  # experiments (in-process daemons only)
+    api_limits: ApiLimits | None = None  # None: the daemon's defaults
+    http_limits: HttpLimits | None = None
 
 
 class _Daemon:
@@ -84,7 +88,9 @@ class _Daemon:
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
                 alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
                 database_url=launch.database_url,
-                inter_domain_delay=launch.inter_domain_delay))
+                inter_domain_delay=launch.inter_domain_delay,
+                api_limits=launch.api_limits or ApiLimits(),
+                http_limits=launch.http_limits or HttpLimits()))
             self.task = asyncio.create_task(self.daemon.run(self._stop),
                                             name=f"msd {self.domain} #{self.index}")
             return
@@ -105,6 +111,7 @@ class _Daemon:
                 "--alpha", str(launch.alpha), "--beta", str(launch.beta),
                 *([] if launch.multicast else ["--no-multicast"]),
                 *(["--database", launch.database_url] if launch.database_url else []),
+                *_limit_options(launch),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             )
 
@@ -165,3 +172,18 @@ class DomainMsds:
 
     async def close(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.daemons))
+
+
+def _limit_options(launch: MsdLaunch) -> list[str]:
+    """`mdns msd` options for the limits a launch sets (none: the daemon's defaults)."""
+    options: list[str] = []
+    if launch.api_limits is not None:
+        api = launch.api_limits
+        options += ["--register-rate", f"{api.register.rate:g}",
+                    "--register-burst", str(api.register.burst),
+                    "--search-rate", f"{api.search.rate:g}",
+                    "--search-burst", str(api.search.burst)]
+    if launch.http_limits is not None:
+        options += ["--header-timeout", f"{launch.http_limits.header_timeout_s:g}",
+                    "--body-timeout", f"{launch.http_limits.body_timeout_s:g}"]
+    return options
