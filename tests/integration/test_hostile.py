@@ -472,3 +472,45 @@ async def test_3000_hostile_datagrams_crash_nothing_and_are_all_counted(tmp_path
               f"{sum(hostile.expected.values())}; dropped by reason: {dict(by_reason)}")
     finally:
         await hierarchy.close()
+
+
+# --- first use against pinned keys ------------------------------------------------------------
+
+
+async def _newcomer(hierarchy: Hierarchy) -> tuple[MsdDaemon, int]:
+    """A member's count report as a child of edu that never existed, signed by its own
+    fresh key: what trust on first use cannot tell from a real newcomer."""
+    daemons = _daemons(hierarchy)
+    edu = daemons["edu"]
+    newcomer = generate_private_key()
+    address = dataclasses.replace(edu.address, domain="phantom.edu", port=9,
+                                  key=newcomer.public_key().public_bytes_raw())
+    report = CountReport(sender="phantom.edu", msd_id="p", term=1, seq=1, sent_at_ms=_now_ms(),
+                         parent="edu", count=1, address=address, unicast=True)
+    before = edu.counters.dropped_reasons.get("UnknownSender", 0)
+    with _sender() as out:
+        out.sendto(encode(report, key=_hierarchy_key(hierarchy), signer=newcomer),
+                   edu.transport_address())
+    return edu, before
+
+
+async def test_pinned_keys_refuse_a_newcomer_that_first_use_would_admit(tmp_path: Path) -> None:
+    pinned = await _start(tmp_path / "pinned", "demo", key_trust="pinned")
+    try:
+        await _wait(pinned, lambda s: _settled(s, expected=4), timeout=30)
+        edu, before = await _newcomer(pinned)
+        await _until(lambda: edu.counters.dropped_reasons.get("UnknownSender", 0) > before,
+                     timeout=5, what="the unpinned newcomer was not refused")
+        assert edu.node is not None and "phantom.edu" not in edu.node.children
+        assert edu.keyring is not None and edu.keyring.status()["by_level"]["self"] == 0
+    finally:
+        await pinned.close()
+    tofu = await _start(tmp_path / "tofu", "demo")
+    try:
+        await _wait(tofu, lambda s: _settled(s, expected=4), timeout=30)
+        edu, _ = await _newcomer(tofu)
+        # Documented in docs/threat-model.md (out of scope): first contact is trusted.
+        await _until(lambda: edu.node is not None and "phantom.edu" in edu.node.children,
+                     timeout=5, what="first use did not admit the newcomer")
+    finally:
+        await tofu.close()
