@@ -42,22 +42,14 @@ from msd.election import (
 from msd.errors import MsdError
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.http_limits import ConnectionGuard, GuardedSite, HttpLimits
-from msd.keys import (
-    KeyFileError,
-    KeyRing,
-    Learned,
-    TrustLevel,
-    append_key_line,
-    parse_key_text,
-    public_bytes,
-    read_key_file,
-)
-from msd.messages import Announce, Claim, Heartbeat, Message, Peer
+from msd.keys import KeyRing, public_bytes
+from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
 from msd.relay import Delay, RelayAuth
 from msd.replay import ReplayGuard
 from msd.sessions import SessionService
 from msd.store import MsdStore
+from msd.trust import UrsKeys, is_introducer, open_keyring
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +92,6 @@ class Counters:
     dropped: int = 0  # malformed, oversized, unauthenticated or replayed datagrams
     dropped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     urs_errors: int = 0
-    urs_key_mismatch: int = 0  # the URS publishes another key for our own domain
     http_rejected: Counter[str] = dataclasses.field(default_factory=Counter)  # by reason
 
     def drop(self, reason: str) -> None:
@@ -121,6 +112,7 @@ class MsdDaemon:
         self.election: Election | None = None
         self.transport: UdpTransport | None = None
         self.keyring: KeyRing | None = None
+        self.urs_keys: UrsKeys | None = None
         self.auth: RelayAuth | None = None
         self.connections = ConnectionGuard(settings.http_limits)
         self._public_key = public_bytes(settings.domain_key)
@@ -165,11 +157,14 @@ class MsdDaemon:
         try:
             self.bootstrap = await self._fetch_bootstrap()
             self.domain = self.bootstrap["domain"]
-            self.keyring = self._open_keyring()
+            self.keyring = open_keyring(
+                domain=self.domain, own=self._public_key, pinned=self.settings.pinned_keys,
+                known_file=self.settings.known_keys_file, tofu=self.settings.tofu)
+            self.urs_keys = UrsKeys(self.keyring, own=self._public_key)
             self.auth = RelayAuth(hierarchy_key=self.settings.hierarchy_key, domain=self.domain,
                                   signer=self.settings.domain_key, keyring=self.keyring,
                                   clock_ms=lambda: int(time.time() * 1000))
-            self._keys_from_urs()
+            self.urs_keys.update(self.bootstrap)
             if self.settings.database_url:
                 self.store = await MsdStore.open(self.settings.database_url)
                 self.sessions = SessionService(
@@ -188,60 +183,6 @@ class MsdDaemon:
             await self._loop(stop)
         finally:
             await self._close()
-
-    def _open_keyring(self) -> KeyRing:
-        """Our key, the pinned ones, and what an earlier run learnt (trust on first use)."""
-        known_file = self.settings.known_keys_file
-        known = {}
-        if known_file is not None and known_file.exists():
-            try:
-                known = read_key_file(known_file)
-            except KeyFileError as exc:
-                # A damaged record of first uses must not stop the daemon: start afresh.
-                log.error("ignoring the known keys: %s", exc)
-
-        def keep(domain: str, raw: bytes, level: TrustLevel) -> None:
-            if known_file is not None:
-                try:
-                    append_key_line(known_file, domain, raw, note=level.name.lower())
-                except OSError as exc:
-                    log.warning("cannot record the key of %s in %s: %s", domain, known_file,
-                                exc)
-
-        return KeyRing(domain=self.domain, own=self._public_key,
-                       pinned=self.settings.pinned_keys, known=known,
-                       tofu=self.settings.tofu, on_learn=keep)
-
-    def _keys_from_urs(self) -> None:
-        """The bootstrap document names our domain's key and the parent's: check the first,
-        learn the second (the URS outranks what the wire says)."""
-        assert self.keyring is not None
-        own = self.bootstrap.get("public_key")
-        if isinstance(own, str) and own:
-            try:
-                same = parse_key_text(own) == self._public_key
-            except ValueError:
-                same = False
-            if not same:
-                self.counters.urs_key_mismatch += 1
-                log.error("the URS publishes another key for %s than this daemon's own: "
-                          "fix the URS's public key or this daemon's --domain-key-file",
-                          self.domain)
-        parent = self.bootstrap.get("parent")
-        designated = self.bootstrap.get("parent_designated") or {}
-        text = designated.get("public_key") if isinstance(designated, dict) else None
-        if not isinstance(parent, str) or parent == "void" or not isinstance(text, str):
-            return
-        try:
-            raw = parse_key_text(text)
-        except ValueError:
-            log.warning("the URS gave a malformed key for the parent %s", parent)
-            return
-        outcome = self.keyring.learn(parent, raw, TrustLevel.URS)
-        if outcome is Learned.CONFLICT:
-            log.error("the URS gives %s another key than the one pinned for it", parent)
-        elif outcome is Learned.REPLACED:
-            log.warning("the URS replaced the key learnt on first use for %s", parent)
 
     def http(self) -> aiohttp.ClientSession:
         assert self._http is not None
@@ -362,7 +303,7 @@ class MsdDaemon:
         if refusal is not None:
             self.counters.drop(str(refusal))
             return
-        self.keyring.absorb(message, introducer=self._introducer(message))
+        self.keyring.absorb(message, introducer=is_introducer(self.node, message))
         now = time.monotonic()
         if isinstance(message, Announce | Claim):
             if message.sender == self.domain and self.election is not None:
@@ -370,17 +311,6 @@ class MsdDaemon:
             return
         if self.node is not None:
             await self._carry_tree(self.node.receive(message, now, multicast=via is not None))
-
-    def _introducer(self, message: Message) -> bool:
-        """A heartbeat of our parent (own or foster) or of an ancestor vouches for the keys
-        of the ancestors above it."""
-        node = self.node
-        if node is None or not isinstance(message, Heartbeat):
-            return False
-        sender = message.sender
-        return (sender == node.parent_domain
-                or (node.parent is not None and sender == node.parent.domain)
-                or any(a.domain == sender for a in node.ancestors))
 
     # --- outbound --------------------------------------------------------------------------
 
@@ -493,7 +423,8 @@ class MsdDaemon:
             self.counters.urs_errors += 1
             log.debug("URS poll failed: %s", exc)
             return
-        self._keys_from_urs()
+        if self.urs_keys is not None:
+            self.urs_keys.update(self.bootstrap)
         now = time.monotonic()
         designated = self.bootstrap.get("designated")
         assert self.election is not None
@@ -582,7 +513,7 @@ class MsdDaemon:
             "http_rejected": dict(self.counters.http_rejected),
             "connections_refused": dict(self.connections.counts),
             "keys": self.keyring.status() if self.keyring else {},
-            "urs_key_mismatch": self.counters.urs_key_mismatch,
+            "urs_key_mismatch": self.urs_keys.own_mismatch if self.urs_keys else 0,
             "heartbeat_s": self.settings.heartbeat_s,
         }
 

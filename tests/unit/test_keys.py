@@ -294,3 +294,24 @@ def test_a_token_bucket_allows_its_burst_then_its_rate_per_address() -> None:
     for rate, burst in ((-1, 1), (float("nan"), 1), (1, 0)):
         with pytest.raises(ValueError):
             RateLimit(rate=rate, burst=burst)
+
+
+def test_the_urs_document_names_the_parent_key_and_is_checked_for_ours() -> None:
+    from msd.trust import UrsKeys
+
+    keys = ring()
+    keys.learn("ufl.edu", raw(STRANGER), TrustLevel.SELF)  # an impostor was heard first
+    urs = UrsKeys(keys, own=raw(OWN))
+    document = {"public_key": key_text(raw(OWN)), "parent": "ufl.edu",
+                "parent_designated": {"address": "10.0.0.2", "port": 1,
+                                      "public_key": key_text(raw(PARENT))}}
+    urs.update(document)
+    assert keys.get("ufl.edu") == raw(PARENT) and keys.level("ufl.edu") is TrustLevel.URS
+    assert urs.own_mismatch == 0
+    urs.update(document | {"public_key": key_text(raw(STRANGER))})
+    urs.update(document | {"public_key": key_text(raw(STRANGER))})
+    assert urs.own_mismatch == 2  # counted on every poll, logged once
+    urs.update(document | {"parent_designated": {"public_key": "not a key"}})
+    urs.update(document | {"parent": "void"})
+    urs.update({"parent": "ufl.edu", "parent_designated": None})
+    assert keys.get("ufl.edu") == raw(PARENT)
