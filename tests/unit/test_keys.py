@@ -315,3 +315,22 @@ def test_the_urs_document_names_the_parent_key_and_is_checked_for_ours() -> None
     urs.update(document | {"parent": "void"})
     urs.update({"parent": "ufl.edu", "parent_designated": None})
     assert keys.get("ufl.edu") == raw(PARENT)
+
+
+def test_mdns_keys_generate_writes_a_0600_key_and_its_public_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.cli import main
+
+    out = tmp_path / "ufl.key"
+    assert main(["keys", "generate", "--domain", "UFL.edu.", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert (tmp_path / "ufl.key.pub").read_text().strip() == line
+    assert parse_key_lines(line, source="pub") == {"ufl.edu": raw(load_private_key(out))}
+    assert main(["keys", "public", "--domain", "ufl.edu", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == line
+    assert main(["keys", "generate", "--domain", "ufl.edu", "--out", str(out)]) == 1
+    assert "exists; remove it first" in capsys.readouterr().err
+    assert main(["keys", "generate", "--domain", "ufl edu", "--out", str(tmp_path / "x")]) == 1
+    assert "is not a domain name" in capsys.readouterr().err
