@@ -118,7 +118,7 @@ class SessionRoutes:
             except ClientGone as exc:
                 return self._refuse("client_gone", 400, str(exc))
             except NotAuthentic as exc:
-                log.info("refused %s from %s: %s", request.path, request.remote, exc)
+                log.debug("refused %s from %s: %s", request.path, request.remote, exc)
                 return self._refuse(f"auth_{exc.reason}", 403, str(exc))
             except Overloaded as exc:
                 return self._refuse("overloaded", 503, str(exc))
