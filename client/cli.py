@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from client.errors import ClientError
+from client.fuzz import add_parser as add_fuzz_parser
+from client.fuzz import run as run_fuzz
+from client.key_commands import add_parsers as add_key_parsers
+from client.key_commands import run as run_key_command
 from client.ops_commands import COMMANDS as OPS_COMMANDS
 from client.ops_commands import add_parsers as add_ops_parsers
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
@@ -119,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--time-scale", type=float, default=1.0, metavar="S",
                         help="divide every protocol timer (the heartbeat) and every delay by "
                              "S: S=100 runs a 20-minute start order in 12 s (default 1)")
+    up_cmd.add_argument("--key-trust", choices=("tofu", "pinned"), default="tofu",
+                        help="how MSDs trust other domains' keys: learnt on first use "
+                             "(default), or only from a pinned-keys file of every domain")
     _tree_options(up_cmd)
 
     status_cmd = commands.add_parser(
@@ -156,7 +163,36 @@ def build_parser() -> argparse.ArgumentParser:
     msd_cmd.add_argument("--msd-key-file", type=Path, required=True, metavar="FILE",
                          help="the domain's secret for announcing the designated MSD to the URS")
     msd_cmd.add_argument("--hierarchy-key-file", type=Path, required=True, metavar="FILE",
-                         help="the hierarchy's secret that authenticates control datagrams")
+                         help="the hierarchy's shared secret: every control datagram and "
+                              "MSD-to-MSD request carries an HMAC with it")
+    msd_cmd.add_argument("--domain-key-file", type=Path, required=True, metavar="FILE",
+                         help="the domain's Ed25519 private key (mode 0600; `mdns keys "
+                              "generate`): signs everything this daemon sends")
+    msd_cmd.add_argument("--pinned-keys", type=Path, metavar="FILE",
+                         help="`domain public-key` lines the administrator trusts above "
+                              "every other source")
+    msd_cmd.add_argument("--known-keys", type=Path, metavar="FILE",
+                         help="where keys learnt on first use are kept across restarts")
+    msd_cmd.add_argument("--no-tofu", action="store_true",
+                         help="trust no key learnt on first use or from the URS: only "
+                              "--pinned-keys (and our own)")
+    limits = msd_cmd.add_argument_group(
+        "limits", "per client address (0 turns a rate off); requests signed by MSDs or "
+                  "pushed by the URS are not rate-limited")
+    limits.add_argument("--register-rate", type=float, default=20.0, metavar="PER_S",
+                        help="registrations a second (default 20)")
+    limits.add_argument("--register-burst", type=int, default=100, metavar="N",
+                        help="registrations at once (default 100)")
+    limits.add_argument("--search-rate", type=float, default=500.0, metavar="PER_S",
+                        help="msd-probe, ext-search, local-search and /search requests a "
+                             "second (default 500)")
+    limits.add_argument("--search-burst", type=int, default=1000, metavar="N",
+                        help="search requests at once (default 1000)")
+    limits.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="a connection's first request head must arrive within this "
+                             "(default 10)")
+    limits.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="a request body must arrive within this (default 10)")
     msd_cmd.add_argument("--interface", default="127.0.0.1", metavar="ADDR",
                          help="the address whose interface carries multicast and unicast "
                               "(default 127.0.0.1)")
@@ -179,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_session_parsers(commands)
     add_sap_parsers(commands)
     add_ops_parsers(commands)
+    add_key_parsers(commands)
+    add_fuzz_parser(commands)
 
     experiment = commands.add_parser("experiment", help="the dissertation's experiments")
     experiments = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT",
@@ -318,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             from client.ops_commands import run as run_ops_command
 
             return run_ops_command(args, out=sys.stdout)
+        if args.command == "keys":
+            return run_key_command(args, out=sys.stdout)
+        if args.command == "fuzz":
+            return run_fuzz(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
@@ -376,6 +418,7 @@ def _up(args: argparse.Namespace) -> int:
         beta=args.beta,
         database_url=args.database,
         urs_replicas=args.urs_replicas,
+        key_trust=args.key_trust,
         out=sys.stdout,
         order=order,
         delays=delays,
@@ -529,16 +572,34 @@ def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
 
 def _msd(args: argparse.Namespace) -> int:
     from client.serve_commands import database_url
+    from msd.api import ApiLimits
     from msd.daemon import run_daemon
+    from msd.http_limits import HttpLimits
+    from msd.keys import load_private_key, read_key_file
+    from msd.ratelimit import RateLimit
 
     try:
         msd_key = args.msd_key_file.read_text().strip()
         hierarchy_key = args.hierarchy_key_file.read_bytes().strip()
     except OSError as exc:
         raise ClientError(f"cannot read a key file: {exc}") from None
+    domain_key = load_private_key(args.domain_key_file)
+    pinned = read_key_file(args.pinned_keys) if args.pinned_keys else {}
+    if args.no_tofu and not pinned:
+        raise ClientError("--no-tofu trusts only --pinned-keys: give that file")
+    try:
+        api_limits = ApiLimits(
+            register=RateLimit(rate=args.register_rate, burst=args.register_burst),
+            search=RateLimit(rate=args.search_rate, burst=args.search_burst))
+        http_limits = HttpLimits(header_timeout_s=args.header_timeout,
+                                 body_timeout_s=args.body_timeout)
+    except ValueError as exc:
+        raise ClientError(f"limits: {exc}") from None
     asyncio.run(run_daemon(
         urs_url=args.urs[0].rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         urs_fallbacks=tuple(url.rstrip("/") for url in args.urs[1:]),
+        domain_key=domain_key, pinned_keys=pinned, known_keys_file=args.known_keys,
+        tofu=not args.no_tofu, api_limits=api_limits, http_limits=http_limits,
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
         multicast=not args.no_multicast, database_url=database_url(args)))

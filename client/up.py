@@ -71,6 +71,7 @@ async def run_up(
     beta: float = 0.1,
     database_url: str | None = None,
     urs_replicas: int = 1,
+    key_trust: str = "tofu",
     stop: asyncio.Event | None = None,
     order: Sequence[int] | None = None,
     delays: Sequence[float] | None = None,
@@ -98,7 +99,7 @@ async def run_up(
                           heartbeat_s=heartbeat_s / time_scale,
                           multicast_blocked=multicast_blocked, interface=interface,
                           alpha=alpha, beta=beta, database_url=database_url,
-                          urs_replicas=urs_replicas)
+                          urs_replicas=urs_replicas, key_trust=key_trust)
     stop = stop or _stop_on_signals()
     try:
         await hierarchy.start(msds_now=not starts)

@@ -1,14 +1,19 @@
-"""The MSD control messages on the wire: versioned, size-bounded, HMAC-authenticated datagrams."""
+"""The MSD control messages on the wire: versioned, size-bounded datagrams, each signed with the
+sending domain's Ed25519 key and tagged with the hierarchy's HMAC key."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hmac
 import ipaddress
 import re
 import struct
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from msd.errors import MsdError
 from msd.messages import BY_KIND, Assignment, Message, Peer
@@ -16,12 +21,15 @@ from msd.messages import BY_KIND, Assignment, Message, Peer
 # --- the format and its limits (docs/control-messages.md) -----------------------------------
 
 MAGIC = b"MS"
-VERSION = 1
+VERSION = 2  # 1 had the HMAC tag only; 2 adds the sender's Ed25519 signature and peer keys
 HEADER_BYTES = 6  # magic 2, version u8, kind code u8, body length u16
-TAG_BYTES = 16  # HMAC-SHA256 truncated to 128 bits
+SIGNATURE_BYTES = 64  # Ed25519, by the sending domain's key, over header + body
+TAG_BYTES = 16  # HMAC-SHA256 truncated to 128 bits, over header + body + signature
+TRAILER_BYTES = SIGNATURE_BYTES + TAG_BYTES
 MAX_DATAGRAM_BYTES = 65_000
-MAX_BODY_BYTES = MAX_DATAGRAM_BYTES - HEADER_BYTES - TAG_BYTES
+MAX_BODY_BYTES = MAX_DATAGRAM_BYTES - HEADER_BYTES - TRAILER_BYTES
 KEY_MIN_BYTES = 16  # a shorter HMAC key is a configuration mistake, not a choice
+KEY_BYTES = 32  # an Ed25519 public key, as a peer carries it
 
 DOMAIN_MAX_BYTES = 253  # ASCII, so bytes == characters
 MSD_ID_MAX_BYTES = 64  # UTF-8 bytes
@@ -76,6 +84,14 @@ class BadSignature(CodecError):
     """The HMAC tag does not match: another hierarchy's key, or altered bytes."""
 
 
+class UnknownSender(CodecError):
+    """No public key is known for the sending domain, so its signature cannot be checked."""
+
+
+class ForgedSignature(CodecError):
+    """The Ed25519 signature does not verify with the sending domain's key."""
+
+
 def _bad(what: str, problem: str) -> MalformedMessage:
     return MalformedMessage(f"{what}: {problem}")
 
@@ -88,7 +104,8 @@ def _is_int(value: object) -> TypeGuard[int]:
 # The same few names and addresses arrive in every heartbeat; remembering the verdicts
 # (bounded) saves a regex or an ipaddress parse per field.
 @functools.lru_cache(maxsize=16_384)
-def _is_domain(text: str) -> bool:
+def is_domain(text: str) -> bool:
+    """A lower-case DNS name without a final dot, as the wire (and the .mds files) take it."""
     return _DOMAIN_NAME.fullmatch(text) is not None
 
 
@@ -218,6 +235,24 @@ class _Text(_Field):
         return text
 
 
+class _Key(_Field):
+    """An Ed25519 public key after a u8 length: 32 bytes, or none (0) when not known."""
+
+    __slots__ = ()
+
+    def write(self, out: list[bytes], value: object, what: str) -> None:
+        if not isinstance(value, bytes) or len(value) not in (0, KEY_BYTES):
+            raise _bad(what, f"a key is {KEY_BYTES} bytes or empty, not {value!r:.80}")
+        out += (len(value).to_bytes(1, "big"), value)
+
+    def read(self, r: _Reader, what: str) -> bytes:
+        size = r.data[r.take(1, what)]
+        if size not in (0, KEY_BYTES):
+            raise _bad(what, f"length {size}: a key is {KEY_BYTES} bytes or empty")
+        at = r.take(size, what)
+        return bytes(r.data[at:at + size])
+
+
 class _Tuple(_Field):
     """A count (of `count` bytes, at most `limit`), then that many items."""
 
@@ -278,13 +313,14 @@ def _start_before_end(value: Assignment, what: str) -> None:
 
 _Fields = tuple[tuple[str, _Field], ...]
 _U64 = _UInt(8)
-_DOMAIN = _Text(limit=DOMAIN_MAX_BYTES, encoding="ascii", valid=_is_domain,
+_DOMAIN = _Text(limit=DOMAIN_MAX_BYTES, encoding="ascii", valid=is_domain,
                 meaning="a lower-case DNS name without a final dot")
 _PEER = _Record(Peer, (
     ("domain", _DOMAIN),
     ("host", _Text(limit=HOST_MAX_BYTES, encoding="ascii", valid=_is_host,
                    meaning="an IP address literal")),
     ("port", _UInt(2, high=PORT_MAX)),
+    ("key", _Key()),
 ))
 _ASSIGNMENT = _Record(Assignment, (
     ("child", _DOMAIN),
@@ -333,6 +369,29 @@ _BY_CODE = dict(_BY_CLASS.values())
 # --- the codec ------------------------------------------------------------------------------
 
 
+class Signer(Protocol):
+    """What signs a datagram: an Ed25519PrivateKey is one (64-byte signatures)."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sealed:
+    """A datagram whose hierarchy tag matched and whose body parsed; its signature unchecked."""
+
+    message: Message
+    signed: bytes  # header + body: what the signature covers
+    signature: bytes
+
+    def verify(self, key: Ed25519PublicKey) -> None:
+        """Raise ForgedSignature unless `key` signed this datagram."""
+        try:
+            key.verify(self.signature, self.signed)
+        except InvalidSignature:
+            raise ForgedSignature(f"the {self.message.kind} from {self.message.sender} is not "
+                                  "signed by that domain's key") from None
+
+
 def _check_key(key: bytes) -> None:
     # A bad key is the operator's error, not the peer's: it must surface, not be dropped
     # and counted like bad input, hence ValueError rather than a CodecError.
@@ -340,8 +399,10 @@ def _check_key(key: bytes) -> None:
         raise ValueError(f"the hierarchy key must be bytes, at least {KEY_MIN_BYTES} of them")
 
 
-def encode(message: Message, *, key: bytes) -> bytes:
-    """The signed datagram for `message`; a CodecError if any field breaks its limit."""
+def encode(message: Message, *, key: bytes, signer: Signer) -> bytes:
+    """The signed datagram for `message`; a CodecError if any field breaks its limit.
+
+    `signer` is the sending domain's Ed25519 private key; `key` the hierarchy's HMAC key."""
     _check_key(key)
     kind = _BY_CLASS.get(type(message))
     if kind is None:
@@ -352,26 +413,33 @@ def encode(message: Message, *, key: bytes) -> bytes:
     body = b"".join(parts)
     if len(body) > MAX_BODY_BYTES:
         raise OversizedMessage(
-            f"this {message.kind} would take {HEADER_BYTES + len(body) + TAG_BYTES} bytes; "
-            f"the limit is {MAX_DATAGRAM_BYTES}"
+            f"this {message.kind} would take {HEADER_BYTES + len(body) + TRAILER_BYTES} "
+            f"bytes; the limit is {MAX_DATAGRAM_BYTES}"
         )
     signed = _HEADER.pack(MAGIC, VERSION, code, len(body)) + body
-    return signed + hmac.digest(key, signed, "sha256")[:TAG_BYTES]
+    signature = signer.sign(signed)
+    if len(signature) != SIGNATURE_BYTES:
+        raise ValueError(f"the signer gave {len(signature)} bytes; Ed25519 gives "
+                         f"{SIGNATURE_BYTES}")
+    sealed = signed + signature
+    return sealed + hmac.digest(key, sealed, "sha256")[:TAG_BYTES]
 
 
-def decode(datagram: bytes, *, key: bytes) -> Message:
-    """The message in `datagram`; a CodecError for anything not exactly well-formed.
+def unseal(datagram: bytes, *, key: bytes) -> Sealed:
+    """Check the framing and the hierarchy tag, then parse the body; the signature is left
+    to `Sealed.verify`, since which key to check it with depends on the sender.
 
-    The tag is checked before the body is read, so bytes nobody in the hierarchy signed
+    The tag is checked before the body is read, so bytes nobody in the hierarchy tagged
     are never parsed beyond the fixed header.
     """
     _check_key(key)
     size = len(datagram)
     if size > MAX_DATAGRAM_BYTES:
         raise OversizedMessage(f"{size} bytes; the limit is {MAX_DATAGRAM_BYTES}")
-    if size < HEADER_BYTES + TAG_BYTES:
+    if size < HEADER_BYTES + TRAILER_BYTES:
         raise MalformedMessage(
-            f"{size} bytes is shorter than a header and tag ({HEADER_BYTES + TAG_BYTES} bytes)"
+            f"{size} bytes is shorter than a header, signature and tag "
+            f"({HEADER_BYTES + TRAILER_BYTES} bytes)"
         )
     magic, version, code, body_size = _HEADER.unpack_from(datagram)
     if magic != MAGIC:
@@ -382,17 +450,37 @@ def decode(datagram: bytes, *, key: bytes) -> Message:
     if layout is None:
         raise UnknownKind(f"kind code {code} is not a control message")
     body_end = HEADER_BYTES + body_size
-    if body_end + TAG_BYTES != size:
-        held = size - HEADER_BYTES - TAG_BYTES
+    if body_end + TRAILER_BYTES != size:
+        held = size - HEADER_BYTES - TRAILER_BYTES
         raise MalformedMessage(
             f"the header declares a {body_size}-byte body but {held} bytes are there "
             f"({'missing' if held < body_size else 'trailing'} bytes)"
         )
-    expected = hmac.digest(key, memoryview(datagram)[:body_end], "sha256")[:TAG_BYTES]
-    if not hmac.compare_digest(expected, datagram[body_end:]):
+    tag_at = body_end + SIGNATURE_BYTES
+    expected = hmac.digest(key, memoryview(datagram)[:tag_at], "sha256")[:TAG_BYTES]
+    if not hmac.compare_digest(expected, datagram[tag_at:]):
         raise BadSignature()
     r = _Reader(datagram, pos=HEADER_BYTES, end=body_end)
     message: Message = layout.read(r, "")
     if r.pos != body_end:
         raise MalformedMessage(f"{body_end - r.pos} trailing bytes after the {message.kind} body")
-    return message
+    return Sealed(message=message, signed=bytes(datagram[:body_end]),
+                  signature=bytes(datagram[body_end:tag_at]))
+
+
+def decode(
+    datagram: bytes, *, key: bytes,
+    verifier: Callable[[Message], Ed25519PublicKey | None],
+) -> Message:
+    """The message in `datagram`; a CodecError for anything not exactly well-formed, not
+    tagged with the hierarchy key, or not signed by its sender's key.
+
+    `verifier` names the key to check a message's signature with (msd.keys.KeyRing.verifier):
+    None means no key is known for its sender (UnknownSender)."""
+    sealed = unseal(datagram, key=key)
+    public = verifier(sealed.message)
+    if public is None:
+        raise UnknownSender(f"no key is known for {sealed.message.sender} (its "
+                            f"{sealed.message.kind} cannot be checked)")
+    sealed.verify(public)
+    return sealed.message

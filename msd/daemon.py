@@ -9,6 +9,7 @@ number, so the address the URS publishes for the designated MSD serves both.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -16,16 +17,19 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from msd.api import MAX_BODY_BYTES, SessionRoutes
+from msd.api import ApiLimits, SessionRoutes
 from msd.channels import Channel, UdpTransport
-from msd.codec import CodecError, decode, encode
+from msd.codec import TAG_BYTES, CodecError, decode, encode
 from msd.election import (
     BecameDesignated,
     Election,
@@ -37,12 +41,15 @@ from msd.election import (
 )
 from msd.errors import MsdError
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
+from msd.http_limits import ConnectionGuard, GuardedSite, HttpLimits
+from msd.keys import KeyRing, public_bytes
 from msd.messages import Announce, Claim, Message, Peer
 from msd.metrics import metrics_text
-from msd.relay import Delay, RoutingFailed
+from msd.relay import Delay, RelayAuth, RoutingFailed
 from msd.replay import ReplayGuard
 from msd.sessions import SessionService
 from msd.store import MsdStore
+from msd.trust import UrsKeys, is_introducer, open_keyring
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ BIND_ATTEMPTS = 20
 RESTORE_SETTLE_HB = 1
 RESTORE_PATIENCE_HB = 10
 BOOTSTRAP_LOG_EVERY = 10  # while the URS does not answer, one warning per this many tries
+SENT_KEPT = 256  # our own datagrams recognised when the kernel loops them back
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,8 +68,15 @@ class MsdSettings:
     """What one MSD daemon needs; everything else comes from its URS's bootstrap document."""
 
     urs_url: str
-    msd_key: str  # the domain's secret for PUT /bootstrap/designated
-    hierarchy_key: bytes  # authenticates every control datagram of the hierarchy
+    msd_key: str = dataclasses.field(repr=False)  # the domain's secret for its URS
+    hierarchy_key: bytes = dataclasses.field(repr=False)  # tags every datagram of the hierarchy
+    domain_key: Ed25519PrivateKey = dataclasses.field(repr=False)  # signs for the domain
+    # Keys the administrator pinned (`domain key` lines): trusted above every other source.
+    pinned_keys: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    known_keys_file: Path | None = None  # where learnt keys are kept (trust on first use)
+    tofu: bool = True  # False: only pinned keys (and our own) are trusted
+    api_limits: ApiLimits = dataclasses.field(default_factory=ApiLimits)
+    http_limits: HttpLimits = dataclasses.field(default_factory=HttpLimits)
     interface: str = "127.0.0.1"
     port: int = 0  # UDP control and HTTP status; 0 = any free port
     multicast: bool = True  # False: this host's multicast is broken; use unicast only
@@ -84,6 +99,7 @@ class Counters:
     dropped: int = 0  # malformed, oversized, unauthenticated or replayed datagrams
     dropped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     urs_errors: int = 0
+    http_rejected: Counter[str] = dataclasses.field(default_factory=Counter)  # by reason
 
     def drop(self, reason: str) -> None:
         self.dropped += 1
@@ -102,7 +118,15 @@ class MsdDaemon:
         self.node: Node | None = None
         self.election: Election | None = None
         self.transport: UdpTransport | None = None
+        self.keyring: KeyRing | None = None
+        self.urs_keys: UrsKeys | None = None
+        self.auth: RelayAuth | None = None
+        self.connections = ConnectionGuard(settings.http_limits)
+        self._public_key = public_bytes(settings.domain_key)
         self._replay = ReplayGuard()
+        # Our latest datagrams by tag: our own multicast, looped back, is known by its bytes
+        # and skipped before the signature check (half of what a daemon hears).
+        self._sent: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         # Sequence numbers start from the wall clock, so a restarted daemon is not "replayed".
         self._seq = time.time_ns() // 1000
         self._http: aiohttp.ClientSession | None = None
@@ -147,9 +171,10 @@ class MsdDaemon:
 
     @property
     def address(self) -> Peer:
+        """Where we listen, with our domain's public key: every peer we send carries it."""
         assert self.transport is not None
         host, port = self.transport.unicast_address
-        return Peer(domain=self.domain, host=host, port=port)
+        return Peer(domain=self.domain, host=host, port=port, key=self._public_key)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -163,12 +188,19 @@ class MsdDaemon:
                 return  # stopped before the URS ever answered
             self.bootstrap = bootstrap
             self.domain = self.bootstrap["domain"]
+            self.keyring = open_keyring(
+                domain=self.domain, own=self._public_key, pinned=self.settings.pinned_keys,
+                known_file=self.settings.known_keys_file, tofu=self.settings.tofu)
+            self.urs_keys = UrsKeys(self.keyring, own=self._public_key)
+            self.auth = RelayAuth(hierarchy_key=self.settings.hierarchy_key, domain=self.domain,
+                                  signer=self.settings.domain_key, keyring=self.keyring,
+                                  clock_ms=lambda: int(time.time() * 1000))
+            self.urs_keys.update(self.bootstrap)
             if self.settings.database_url:
                 self.store = await MsdStore.open(self.settings.database_url)
                 self.sessions = SessionService(
                     domain=self.domain, store=self.store, http=self._http,
-                    node=lambda: self.node, clock=time.time,
-                    hierarchy_key=self.settings.hierarchy_key,
+                    node=lambda: self.node, clock=time.time, auth=self.auth,
                     delay=self.settings.inter_domain_delay,
                     settle_s=RESTORE_SETTLE_HB * self.settings.heartbeat_s,
                     patience_s=RESTORE_PATIENCE_HB * self.settings.heartbeat_s)
@@ -215,9 +247,10 @@ class MsdDaemon:
                     ) from None
                 continue
             self.transport = transport
-            self._runner = web.AppRunner(status_app(self), access_log=None)
+            self._runner = web.AppRunner(status_app(self), access_log=None,
+                                         **self.settings.http_limits.runner_options())
             await self._runner.setup()
-            await web.SockSite(self._runner, sock).start()
+            await GuardedSite(self._runner, sock, guard=self.connections).start()
             local = self.bootstrap["msd_local"]
             self._channels["local"] = Channel("local", local["group"], local["port"])
             await transport.join(self._channels["local"])
@@ -308,8 +341,12 @@ class MsdDaemon:
     async def _on_datagram(
         self, payload: bytes, *, source: tuple[str, int], via: Channel | None
     ) -> None:
+        assert self.keyring is not None
+        if self._sent.get(payload[-TAG_BYTES:]) == payload:
+            return  # our own multicast, looped back (or a copy of it: harmless either way)
         try:
-            message = decode(payload, key=self.settings.hierarchy_key)
+            message = decode(payload, key=self.settings.hierarchy_key,
+                             verifier=self.keyring.verifier)
         except CodecError as exc:
             self.counters.drop(type(exc).__name__)
             log.debug("dropped a datagram from %s:%d: %s", *source, exc)
@@ -320,6 +357,7 @@ class MsdDaemon:
         if refusal is not None:
             self.counters.drop(str(refusal))
             return
+        self.keyring.absorb(message, introducer=is_introducer(self.node, message))
         now = time.monotonic()
         if isinstance(message, Announce | Claim):
             if message.sender == self.domain and self.election is not None:
@@ -336,7 +374,12 @@ class MsdDaemon:
         self._seq += 1
         stamped = dataclasses.replace(message, seq=self._seq,
                                       sent_at_ms=int(time.time() * 1000))
-        return encode(stamped, key=self.settings.hierarchy_key)
+        datagram = encode(stamped, key=self.settings.hierarchy_key,
+                          signer=self.settings.domain_key)
+        self._sent[datagram[-TAG_BYTES:]] = datagram
+        if len(self._sent) > SENT_KEPT:
+            self._sent.popitem(last=False)
+        return datagram
 
     async def _carry_tree(self, actions: Iterable[Action]) -> None:
         assert self.transport is not None
@@ -477,12 +520,17 @@ class MsdDaemon:
             async with self._http.put(url, json=body, headers=headers) as response:
                 if response.status != 200:
                     raise MsdError(f"{url} answered {response.status}")
-                self.bootstrap = await response.json()
+                document = await response.json()
+                if not isinstance(document, dict):
+                    raise MsdError(f"{url} answered no bootstrap document")
+                self.bootstrap = document
         except (MsdError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.counters.urs_errors += 1
             log.debug("URS poll failed: %s", exc)
             self._next_urs()
             return
+        if self.urs_keys is not None:
+            self.urs_keys.update(self.bootstrap)
         now = time.monotonic()
         designated = self.bootstrap.get("designated")
         assert self.election is not None
@@ -571,6 +619,12 @@ class MsdDaemon:
             "control_bytes_per_s": round(control_bytes / uptime, 1),
             "dropped": self.counters.dropped,
             "dropped_reasons": dict(self.counters.dropped_reasons),
+            "dropped_queue_full": self.transport.counters.dropped_queue_full,
+            "handler_errors": self.transport.counters.handler_errors,
+            "http_rejected": dict(self.counters.http_rejected),
+            "connections_refused": dict(self.connections.counts),
+            "keys": self.keyring.status() if self.keyring else {},
+            "urs_key_mismatch": self.urs_keys.own_mismatch if self.urs_keys else 0,
             "heartbeat_s": self.settings.heartbeat_s,
         }
 
@@ -609,10 +663,14 @@ def status_app(daemon: MsdDaemon) -> web.Application:
         return web.Response(body=metrics_text(daemon.status),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    SessionRoutes(service=lambda: daemon.sessions, hierarchy_key=daemon.settings.hierarchy_key,
+    limits = daemon.settings.api_limits
+    assert daemon.auth is not None, "the key ring opens before the HTTP server"
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    SessionRoutes(service=lambda: daemon.sessions, auth=daemon.auth,
                   msd_key=daemon.settings.msd_key, urs_url=daemon.settings.urs_url,
-                  http=daemon.http).add_to(app)
+                  http=daemon.http, limits=limits,
+                  body_timeout_s=daemon.settings.http_limits.body_timeout_s,
+                  rejected=daemon.counters.http_rejected).add_to(app)
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

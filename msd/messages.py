@@ -14,11 +14,18 @@ from typing import ClassVar
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Peer:
-    """Where one domain's designated MSD listens for unicast control datagrams."""
+    """Where one domain's designated MSD listens for unicast control datagrams.
+
+    `key` is the domain's Ed25519 public key (32 bytes), or empty when the sender does not
+    know it. The cores never look at it: it travels with the address so that receivers can
+    learn keys along the tree (docs/threat-model.md). It takes no part in equality, so a
+    peer learnt from the URS (no key) and the same peer heard on the wire are one peer.
+    """
 
     domain: str
     host: str
     port: int
+    key: bytes = dataclasses.field(default=b"", compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -42,11 +42,29 @@ class _StatusCollector(Collector):
             counter = CounterMetricFamily(name, help_text, labels=labels)
             counter.add_metric(domain, float(status.get(key) or 0))
             yield counter
-        reasons = CounterMetricFamily("msd_dropped_by_reason", "refused datagrams by reason",
-                                      labels=["domain", "reason"])
-        for reason, count in sorted((status.get("dropped_reasons") or {}).items()):
-            reasons.add_metric([*domain, reason], float(count))
-        yield reasons
+        for name, key, help_text in (
+            ("msd_dropped_by_reason", "dropped_reasons", "refused datagrams by reason"),
+            ("msd_http_rejected", "http_rejected", "HTTP requests refused, by reason "
+             "(rate_limited, too_large, slow_body, bad_request, auth_*, overloaded)"),
+            ("msd_http_connections_refused", "connections_refused", "HTTP connections "
+             "closed by the server, by reason (slow_headers, too_many_connections)"),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=["domain", "reason"])
+            for reason, count in sorted((status.get(key) or {}).items()):
+                family.add_metric([*domain, reason], float(count))
+            yield family
+        keys = status.get("keys") or {}
+        levels = GaugeMetricFamily("msd_keys", "public keys held, by source of trust",
+                                   labels=["domain", "level"])
+        for level, count in sorted((keys.get("by_level") or {}).items()):
+            levels.add_metric([*domain, level], float(count))
+        yield levels
+        learned = CounterMetricFamily("msd_keys_learned", "keys offered to the key ring, by "
+                                      "outcome (new, known, replaced, conflict, refused)",
+                                      labels=["domain", "outcome"])
+        for outcome, count in sorted((keys.get("learned") or {}).items()):
+            learned.add_metric([*domain, outcome], float(count))
+        yield learned
 
 
 def metrics_text(status: Callable[[], dict[str, Any]]) -> bytes:

@@ -81,3 +81,51 @@ class ReplayGuard:
             self._last.popitem(last=False)
         self._last[who] = state
         return None
+
+
+MAX_NONCES = 100_000  # HTTP requests between MSDs remembered within the window
+
+
+class NonceCache:
+    """Admits each signed HTTP request between MSDs once, and only while fresh (pure).
+
+    A request carries its sender's clock (`sent_at_ms`) and a random nonce, both under
+    the signature: a copy sent again within the window has the same nonce and is
+    refused; one sent later is stale. Nonces are kept for twice the window (the sender's
+    clock may run ahead or behind by one window) and at most `max_entries` of them; past
+    that the oldest is forgotten.
+    """
+
+    __slots__ = ("_seen", "max_entries", "window_ms")
+
+    def __init__(self, *, window_ms: int = WINDOW_MS, max_entries: int = MAX_NONCES) -> None:
+        if window_ms < 0 or max_entries < 1:
+            raise ValueError("window_ms must be >= 0 and max_entries >= 1")
+        self.window_ms = window_ms
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # → when admitted
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __repr__(self) -> str:
+        return f"NonceCache(window_ms={self.window_ms}, nonces={len(self._seen)})"
+
+    def admit(self, sender: str, nonce: str, *, sent_at_ms: int, now_ms: int) -> Refusal | None:
+        """None if the request is fresh and its nonce new (it is then remembered)."""
+        if sent_at_ms < now_ms - self.window_ms:
+            return Refusal.STALE
+        if sent_at_ms > now_ms + self.window_ms:
+            return Refusal.FROM_THE_FUTURE
+        while self._seen:
+            oldest = next(iter(self._seen.values()))
+            if oldest >= now_ms - 2 * self.window_ms:
+                break
+            self._seen.popitem(last=False)
+        who = (sender, nonce)
+        if who in self._seen:
+            return Refusal.REPLAYED
+        if len(self._seen) >= self.max_entries:
+            self._seen.popitem(last=False)
+        self._seen[who] = now_ms
+        return None

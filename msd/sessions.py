@@ -28,7 +28,7 @@ from msd.hierarchy import Node
 from msd.keyspace import key_of, shadow_of
 from msd.messages import Peer
 from msd.mirror import Mirror
-from msd.relay import Delay, Relay, RoutingFailed
+from msd.relay import Delay, Relay, RelayAuth, RoutingFailed
 from msd.schema import Scope, SessionRecord
 from msd.store import MsdStore, NearRecord
 
@@ -50,7 +50,7 @@ class SessionService:
 
     def __init__(
         self, *, domain: str, store: MsdStore, http: aiohttp.ClientSession,
-        node: Callable[[], Node | None], clock: Callable[[], float], hierarchy_key: bytes,
+        node: Callable[[], Node | None], clock: Callable[[], float], auth: RelayAuth,
         delay: Delay | None = None, settle_s: float = 1.0, patience_s: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -58,7 +58,7 @@ class SessionService:
         self.store = store
         self._node = node
         self._clock = clock  # wall-clock seconds: records expire by the URS's clock
-        self.relay = Relay(http=http, key=hierarchy_key, delay=delay,
+        self.relay = Relay(http=http, auth=auth, delay=delay,
                            own_address=lambda: _address(self.node().address))
         self.routed = 0
         self.route_failures = 0

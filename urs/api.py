@@ -20,6 +20,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from msd.http_limits import BodyTimeout, BodyTooLarge, ClientGone, ConnectionGuard, read_body
+from msd.ratelimit import TokenBuckets, retry_after
 from msd.schema import FieldError, Session, SessionRecord, field_errors
 from urs.bootstrap import BootstrapService, DesignatedUpdate, MemberUpdate, ParentLocator
 from urs.errors import (
@@ -73,6 +75,15 @@ class UrsContext:
     bootstrap_: BootstrapService | None = None
     indexer_: MsdIndexer | None = None
     search_: UrsSearch | None = None
+    monotonic: Callable[[], float] = time.monotonic  # the rate limits' clock
+    register_buckets: TokenBuckets = dataclasses.field(init=False)
+    list_buckets: TokenBuckets = dataclasses.field(init=False)
+    connections: ConnectionGuard = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.register_buckets = TokenBuckets(self.settings.register_limit)
+        self.list_buckets = TokenBuckets(self.settings.list_limit)
+        self.connections = ConnectionGuard(self.settings.http_limits)
 
     @property
     def store(self) -> SessionStore:
@@ -180,6 +191,7 @@ async def register(request: web.Request) -> web.Response:
     whether it was indexed. `?wait=true` waits until every keyword route has its owner."""
     context = request.app[CONTEXT]
     domain = context.settings.domain
+    _throttle(request, context.register_buckets)
     session = _validate_session(await _read_json(request))
     token = secrets.token_urlsafe(32)
     try:
@@ -202,6 +214,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
     Pages follow id order; `next` is the `after` of the next page (null on the last)."""
     context = request.app[CONTEXT]
+    _throttle(request, context.list_buckets)
     after = request.query.get("after", "")
     limit_text = request.query.get("limit", str(LIST_LIMIT_DEFAULT))
     if len(after) > 63:
@@ -310,6 +323,7 @@ async def replace(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
     domain = context.settings.domain
     session_id = request.match_info["id"]
+    _throttle(request, context.register_buckets)
     token = _bearer_token(request)
     try:
         # The owner is checked before the body is read: strangers learn nothing of the rules.
@@ -450,14 +464,41 @@ def _wanted_format(request: web.Request) -> str:
     return negotiate(request.headers.get("Accept"), RECORD_OFFERS) or JSON
 
 
+def _throttle(request: web.Request, buckets: TokenBuckets) -> None:
+    """429 with Retry-After when this client address has used up its rate."""
+    context = request.app[CONTEXT]
+    client = request.remote or "unknown"
+    wait = buckets.take(client, now=context.monotonic())
+    if wait is None:
+        return
+    seconds = retry_after(wait)
+    limit = buckets.limit
+    message = (f"too many requests from {client}: at most {limit.rate:g} a second "
+               f"({limit.burst} at once); retry in {seconds} s")
+    raise RequestRejected(429, [FieldError(field="request", message=message)],
+                          reason="rate_limited", headers={"Retry-After": seconds})
+
+
 async def _read_json(request: web.Request) -> Any:
-    limit = request.app[CONTEXT].settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestRejected(
-            413, [FieldError(field="body", message=f"body larger than {limit} bytes")],
-            reason="too_large",
-        )
-    raw = await request.read()  # aiohttp enforces client_max_size on chunked bodies too
+    settings = request.app[CONTEXT].settings
+    try:
+        raw = await read_body(request, limit=settings.max_body_bytes,
+                              timeout_s=settings.http_limits.body_timeout_s)
+    except BodyTooLarge as exc:
+        raise RequestRejected(413, [FieldError(field="body", message=str(exc))],
+                              reason="too_large") from None
+    except BodyTimeout as exc:
+        raise RequestRejected(408, [FieldError(field="body", message=str(exc))],
+                              reason="slow_body") from None
+    except ClientGone as exc:
+        raise RequestRejected(400, [FieldError(field="body", message=str(exc))],
+                              reason="client_gone") from None
+    return parse_json_body(raw)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON: strict UTF-8, no NaN or Infinity, bounded nesting; a 400
+    RequestRejected naming the problem otherwise (never another exception)."""
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

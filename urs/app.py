@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from msd.http_limits import GuardedSite
 from urs.api import CONTEXT, UrsContext, add_routes
 from urs.bootstrap import BootstrapService, ParentLocator
 from urs.errors import StoreError
@@ -57,9 +58,10 @@ def create_app(
     """
     # aiohttp refuses larger bodies itself (413), chunked ones included.
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[CONTEXT] = UrsContext(
-        settings=settings, clock=clock, metrics=UrsMetrics(), locator=parent_locator
-    )
+    context = UrsContext(settings=settings, clock=clock, metrics=UrsMetrics(),
+                         locator=parent_locator)
+    context.metrics.watch_connections(context.connections.counts)
+    app[CONTEXT] = context
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
@@ -73,6 +75,19 @@ async def purge_expired(app: web.Application) -> int:
         context.metrics.purged.inc(count)
         log.info("purged %d expired session(s) of %s", count, context.settings.domain)
     return count
+
+
+def make_runner(app: web.Application, *,
+                shutdown_grace_s: float = SHUTDOWN_GRACE_S) -> web.AppRunner:
+    """A runner with the URS's limits on slow and idle connections (msd.http_limits)."""
+    limits = app[CONTEXT].settings.http_limits
+    return web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_grace_s,
+                         **limits.runner_options())
+
+
+async def start_site(runner: web.AppRunner, sock: socket.socket) -> None:
+    """Serve a set-up runner on a bound socket, every connection through the URS's guard."""
+    await GuardedSite(runner, sock, guard=runner.app[CONTEXT].connections).start()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -92,13 +107,12 @@ async def serve(
 ) -> None:
     """Run a URS until `stop` is set, on `sock` (or settings.host:port), then shut down cleanly."""
     app = create_app(settings, clock=clock, parent_locator=parent_locator)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_grace_s)
+    runner = make_runner(app, shutdown_grace_s=shutdown_grace_s)
     await runner.setup()
     try:
-        site = web.SockSite(runner, sock if sock is not None else bind_socket(
-            settings.host, settings.port))
-        await site.start()
-        log.info("URS of %s serving on %s", settings.domain, site.name)
+        sock = sock if sock is not None else bind_socket(settings.host, settings.port)
+        await start_site(runner, sock)
+        log.info("URS of %s serving on %s", settings.domain, sock.getsockname())
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -166,4 +180,5 @@ async def _cancel(task: asyncio.Task[None]) -> None:
             raise
 
 
-__all__ = ["UrsContext", "bind_socket", "create_app", "purge_expired", "serve"]
+__all__ = ["UrsContext", "bind_socket", "create_app", "make_runner", "purge_expired", "serve",
+           "start_site"]

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Protocol
 import aiohttp
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from msd.keys import parse_key_text
 from urs.errors import UrsError
 from urs.metrics import UrsMetrics
 from urs.settings import GroupPort, UrsSettings
@@ -113,12 +114,19 @@ class _DesignatedView(BaseModel):
     expires_at: float
 
 
+def _public_key(value: str | None) -> str | None:
+    if value is not None:
+        parse_key_text(value)  # a ValueError becomes a ValidationError
+    return value
+
+
 class _DesignatedReply(BaseModel):
     # What GET /bootstrap/designated answers; unknown keys are ignored for newer parents.
     model_config = ConfigDict(extra="ignore")
 
     domain: str
     designated: _DesignatedView | None
+    public_key: Annotated[str | None, AfterValidator(_public_key)] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +188,7 @@ class BootstrapService:
             "multicast_mode": settings.multicast_mode.value,
             "designated": own.to_json() if own is not None else None,
             "last_term": await self._store.last_term(settings.domain),
+            "public_key": settings.public_key,
             "msds": [m.to_json() for m in await self._store.members(settings.domain,
                                                                      now=self._clock())],
             "parent_designated": parent.designated,
@@ -193,6 +202,7 @@ class BootstrapService:
             "domain": self._settings.domain,
             "designated": own.to_json() if own is not None else None,
             "last_term": await self._store.last_term(self._settings.domain),
+            "public_key": self._settings.public_key,
         }
 
     async def set_member(self, msd_id: str, update: MemberUpdate) -> None:
@@ -287,7 +297,12 @@ class BootstrapService:
         else:
             self._metrics.parent_lookups.labels(outcome="ok").inc()
             view = reply.designated
-            return ParentAnswer(designated=view.model_dump() if view else None, error=None)
+            designated = None
+            if view is not None:
+                # The parent's key rides with its designated entry: what its children's MSDs
+                # pin it by (docs/threat-model.md).
+                designated = view.model_dump() | {"public_key": reply.public_key}
+            return ParentAnswer(designated=designated, error=None)
         self._metrics.parent_lookups.labels(outcome="error").inc()
         log.warning("parent lookup failed: %s", error)
         return ParentAnswer(designated=None, error=error)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class UrsMetrics:
@@ -30,7 +35,8 @@ class UrsMetrics:
         )
         self.rejected = Counter(
             "urs_rejected",
-            "Requests refused, by reason (invalid, bad_json, too_large, taken, auth, ...)",
+            "Requests refused, by reason (invalid, bad_json, too_large, taken, auth, "
+            "rate_limited, slow_body, ...)",
             ["reason"],
             registry=self.registry,
         )
@@ -62,7 +68,24 @@ class UrsMetrics:
             ["where", "outcome"],
             registry=self.registry,
         )
+    def watch_connections(self, counts: Tally[str]) -> None:
+        """Expose a ConnectionGuard's counts as `urs_connections_refused_total{reason}`."""
+        self.registry.register(_Refused(counts))
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _Refused(Collector):
+    def __init__(self, counts: Tally[str]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "urs_connections_refused",
+            "HTTP connections closed by the server, by reason (slow_headers, "
+            "too_many_connections)", labels=["reason"])
+        for reason in ("slow_headers", "too_many_connections"):
+            family.add_metric([reason], float(self._counts[reason]))
+        yield family

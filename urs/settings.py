@@ -8,10 +8,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from msd.http_limits import HttpLimits
+from msd.keys import parse_key_text
+from msd.ratelimit import RateLimit
 from urs.errors import SettingsError
 from vdns.mds import DomainConfig
 
 KIB = 1024
+REGISTER_LIMIT = RateLimit(rate=20, burst=100)  # per client address, requests a second
+LIST_LIMIT = RateLimit(rate=50, burst=200)
 
 
 class MulticastMode(StrEnum):
@@ -50,6 +55,13 @@ class UrsSettings:
     dns_server: tuple[str, int] | None = None
     # Shared secret of the domain's MSDs for PUT /bootstrap/designated; None disables it.
     msd_key: str | None = dataclasses.field(default=None, repr=False)
+    # The domain's Ed25519 public key (base64), published in /bootstrap for its MSDs and in
+    # /bootstrap/designated for the child domains' URSes; None publishes none.
+    public_key: str | None = None
+    # Per client address: POST /sessions and PUT /<id>; GET /sessions (the listing).
+    register_limit: RateLimit = REGISTER_LIMIT
+    list_limit: RateLimit = LIST_LIMIT
+    http_limits: HttpLimits = dataclasses.field(default_factory=HttpLimits)
     # Where serve() binds when it is not handed a socket.
     host: str = "127.0.0.1"
     port: int = 0
@@ -92,6 +104,11 @@ class UrsSettings:
             raise SettingsError("parent_cache_s must be within 0..3600 seconds")
         if self.msd_key is not None and len(self.msd_key) < 16:
             raise SettingsError("msd_key must be at least 16 characters (or None to disable)")
+        if self.public_key is not None:
+            try:
+                parse_key_text(self.public_key)
+            except ValueError as exc:
+                raise SettingsError(f"public_key: {exc}") from None
         if not self.database_url:
             path = (self.data_dir / "urs.sqlite").resolve()
             object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
@@ -110,6 +127,7 @@ class UrsSettings:
         multicast_mode: MulticastMode | str = MulticastMode.ASM,
         msd_key: str | None = None,
         database_url: str = "",
+        public_key: str | None = None,
     ) -> UrsSettings:
         """The settings of a domain's URS as its `.mds` file describes them."""
         parent_dns = None if config.is_root else (config.parent_dns, config.parent_dns_port)
@@ -127,6 +145,7 @@ class UrsSettings:
             # A simulated domain's own DNS server, which forwards along the hierarchy.
             dns_server=("127.0.0.1", config.self_port),
             msd_key=msd_key,
+            public_key=public_key,
             host=config.urs_ip,
             port=config.urs_port,
         )

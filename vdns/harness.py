@@ -25,10 +25,22 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from msd.api import ApiLimits
+from msd.http_limits import HttpLimits
+from msd.keys import (
+    generate_private_key,
+    key_line,
+    key_text,
+    load_private_key,
+    public_bytes,
+    write_private_key,
+)
+from msd.ratelimit import RateLimit
 from msd.relay import Delay
 from msd.store import sqlite_url
-from urs.app import create_app
+from urs.app import create_app, make_runner, start_site
 from urs.settings import UrsSettings
 from vdns.errors import VdnsError
 from vdns.mds import DomainConfig
@@ -41,6 +53,7 @@ from vdns.startorder import Start
 log = logging.getLogger(__name__)
 
 MULTICAST_MODES = ("asm", "ssm", "none")
+KEY_TRUST = ("tofu", "pinned")
 MAX_MSDS_PER_DOMAIN = 16
 MAX_URS_REPLICAS = 16
 DOMAIN_PLACEHOLDER = "{domain}"  # in a database URL: each domain's own database
@@ -64,6 +77,20 @@ class UrsReplica:
         if self.alive:
             self.alive = False
             await self.runner.cleanup()
+
+
+DOMAIN_KEY_FILE = "domain.key"  # the domain's Ed25519 private key, in its data directory
+PINNED_KEYS_FILE = "pinned.keys"  # every domain's public key, for --key-trust pinned
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerLimits:
+    """Limits for every server of a hierarchy (None: each server's defaults)."""
+
+    http: HttpLimits | None = None  # URS and MSD: slow and greedy connections
+    msd_api: ApiLimits | None = None  # MSD: per-address registration and search rates
+    urs_register: RateLimit | None = None  # URS: POST /sessions and PUT /<id>
+    urs_list: RateLimit | None = None  # URS: GET /sessions
 
 
 @dataclasses.dataclass
@@ -107,11 +134,17 @@ class Hierarchy:
         urs_replicas: int = 1,
         health_interval_s: float = 1.0,
         sessions: bool = True,
+        key_trust: str = "tofu",
+        limits: ServerLimits | None = None,
     ) -> None:
         """`sessions=False` runs the MSDs without a session store: the tree alone (the
         stability experiment), and no database to open while other daemons run."""
         if multicast_mode not in MULTICAST_MODES:
             raise VdnsError(f"multicast mode must be one of {', '.join(MULTICAST_MODES)}")
+        if key_trust not in KEY_TRUST:
+            raise VdnsError(f"key trust must be one of {', '.join(KEY_TRUST)}")
+        self.key_trust = key_trust
+        self.limits = limits or ServerLimits()
         if not 0 <= msds <= MAX_MSDS_PER_DOMAIN:
             raise VdnsError(f"--msds must be 0..{MAX_MSDS_PER_DOMAIN}, got {msds}")
         if not 1 <= urs_replicas <= MAX_URS_REPLICAS:
@@ -194,17 +227,27 @@ class Hierarchy:
         if running.msds is not None:
             return
         hierarchy_key = _secret_file(self.data_dir / "hierarchy.key")
+        pinned = None
+        if self.key_trust == "pinned":
+            # The administrator's way: every domain's public key, pinned; nothing learnt.
+            pinned = self.data_dir / PINNED_KEYS_FILE
+            lines = [key_line(r.config.domain, public_bytes(load_private_key(
+                self.data_dir / r.config.domain / DOMAIN_KEY_FILE)))
+                for r in self.domains.values()]
+            pinned.write_text("".join(f"{line}\n" for line in lines))
         domain_dir = self.data_dir / running.config.domain
         launch = MsdLaunch(
             urs_url=running.urs_url, msd_key_file=domain_dir / "msd.key",
             hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
+            domain_key_file=domain_dir / DOMAIN_KEY_FILE, pinned_keys_file=pinned,
             heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
             in_process=self.msd_in_process, interface=self.interface,
             multicast=running.config.domain not in self.multicast_blocked,
             database_url=(self.domain_database(running.config.domain)
                           if self.sessions else None),
             inter_domain_delay=self.inter_domain_delay,
-            urs_fallbacks=tuple(r.url for r in running.replicas[1:]))
+            urs_fallbacks=tuple(r.url for r in running.replicas[1:]),
+            api_limits=self.limits.msd_api, http_limits=self.limits.http)
         running.msds = DomainMsds(launch, domain=running.config.domain, count=self.msds)
         await running.msds.start()
 
@@ -269,10 +312,16 @@ class Hierarchy:
             multicast_mode=self.multicast_mode,
             msd_key=_msd_key(domain_dir),
             database_url=self.domain_database(config.domain, store="urs"),
+            public_key=key_text(public_bytes(_domain_key(domain_dir))),
         )
-        runner = web.AppRunner(create_app(settings), access_log=None)
+        limits = self.limits
+        settings = dataclasses.replace(
+            settings, http_limits=limits.http or settings.http_limits,
+            register_limit=limits.urs_register or settings.register_limit,
+            list_limit=limits.urs_list or settings.list_limit)
+        runner = make_runner(create_app(settings))
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await start_site(runner, sock)
         return runner
 
     async def wait_ready(self, *, timeout: float = 10.0, designated: bool = True) -> None:
@@ -359,6 +408,15 @@ def _bind_tcp(host: str, port: int, *, what: str) -> socket.socket:
 def _msd_key(domain_dir: Path) -> str:
     """The domain's secret for MSD → URS calls, made once and kept (mode 0600)."""
     return _secret_file(domain_dir / "msd.key").read_text().strip()
+
+
+def _domain_key(domain_dir: Path) -> Ed25519PrivateKey:
+    """The domain's Ed25519 key, made once and kept (mode 0600), as `mdns keys generate`
+    would make it: so `mdns up` needs no extra step."""
+    path = domain_dir / DOMAIN_KEY_FILE
+    if not path.exists():
+        write_private_key(path, generate_private_key())
+    return load_private_key(path)
 
 
 def _secret_file(path: Path) -> Path:

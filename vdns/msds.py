@@ -15,7 +15,10 @@ import signal
 import sys
 from pathlib import Path
 
+from msd.api import ApiLimits
 from msd.daemon import MsdDaemon, MsdSettings
+from msd.http_limits import HttpLimits
+from msd.keys import load_private_key, read_key_file
 from msd.relay import Delay
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,9 @@ class MsdLaunch:
     urs_url: str
     msd_key_file: Path
     hierarchy_key_file: Path
-    log_dir: Path
+    log_dir: Path  # also holds each daemon's known keys (msd-<index>.known-keys)
+    domain_key_file: Path  # the domain's Ed25519 private key
+    pinned_keys_file: Path | None = None  # given: trust only these keys (no first use)
     interface: str = "127.0.0.1"
     heartbeat_s: float = 1.0
     alpha: float = 0.1
@@ -40,6 +45,8 @@ class MsdLaunch:
     database_url: str | None = None  # the domain's session store, shared by its MSDs
     inter_domain_delay: Delay | None = None  # experiments (in-process daemons only)
     urs_fallbacks: tuple[str, ...] = ()  # the domain's other URS replicas, tried in turn
+    api_limits: ApiLimits | None = None  # None: the daemon's defaults
+    http_limits: HttpLimits | None = None
 
 
 class _Daemon:
@@ -51,6 +58,10 @@ class _Daemon:
         self.task: asyncio.Task[None] | None = None
         self.daemon: MsdDaemon | None = None
         self._stop = asyncio.Event()
+
+    @property
+    def known_keys_file(self) -> Path:
+        return self.launch.log_dir / f"msd-{self.index}.known-keys"
 
     @property
     def pid(self) -> int | None:
@@ -67,15 +78,21 @@ class _Daemon:
         priority = 100 - self.index  # the first daemon is preferred, then the next
         if launch.in_process:
             self._stop = asyncio.Event()
+            pinned = launch.pinned_keys_file
             self.daemon = MsdDaemon(MsdSettings(
                 urs_url=launch.urs_url,
                 msd_key=launch.msd_key_file.read_text().strip(),
                 hierarchy_key=launch.hierarchy_key_file.read_bytes().strip(),
+                domain_key=load_private_key(launch.domain_key_file),
+                pinned_keys=read_key_file(pinned) if pinned else {},
+                tofu=pinned is None, known_keys_file=self.known_keys_file,
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
                 alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
                 database_url=launch.database_url,
                 inter_domain_delay=launch.inter_domain_delay,
-                urs_fallbacks=launch.urs_fallbacks))
+                urs_fallbacks=launch.urs_fallbacks,
+                api_limits=launch.api_limits or ApiLimits(),
+                http_limits=launch.http_limits or HttpLimits()))
             self.task = asyncio.create_task(self.daemon.run(self._stop),
                                             name=f"msd {self.domain} #{self.index}")
             return
@@ -87,12 +104,17 @@ class _Daemon:
                 *[arg for url in launch.urs_fallbacks for arg in ("--urs", url)],
                 "--msd-key-file", str(launch.msd_key_file),
                 "--hierarchy-key-file", str(launch.hierarchy_key_file),
+                "--domain-key-file", str(launch.domain_key_file),
+                "--known-keys", str(self.known_keys_file),
+                *(["--pinned-keys", str(launch.pinned_keys_file), "--no-tofu"]
+                  if launch.pinned_keys_file else []),
                 "--interface", launch.interface,
                 "--priority", str(priority),
                 "--heartbeat", str(launch.heartbeat_s),
                 "--alpha", str(launch.alpha), "--beta", str(launch.beta),
                 *([] if launch.multicast else ["--no-multicast"]),
                 *(["--database", launch.database_url] if launch.database_url else []),
+                *_limit_options(launch),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
             )
 
@@ -153,3 +175,18 @@ class DomainMsds:
 
     async def close(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.daemons))
+
+
+def _limit_options(launch: MsdLaunch) -> list[str]:
+    """`mdns msd` options for the limits a launch sets (none: the daemon's defaults)."""
+    options: list[str] = []
+    if launch.api_limits is not None:
+        api = launch.api_limits
+        options += ["--register-rate", f"{api.register.rate:g}",
+                    "--register-burst", str(api.register.burst),
+                    "--search-rate", f"{api.search.rate:g}",
+                    "--search-burst", str(api.search.burst)]
+    if launch.http_limits is not None:
+        options += ["--header-timeout", f"{launch.http_limits.header_timeout_s:g}",
+                    "--body-timeout", f"{launch.http_limits.body_timeout_s:g}"]
+    return options

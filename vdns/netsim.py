@@ -12,12 +12,23 @@ import heapq
 import random
 from collections.abc import Iterable
 
-from msd.codec import encode
+from msd.codec import KEY_BYTES, SIGNATURE_BYTES, encode
 from msd.hierarchy import Action, HierarchyConfig, Node, SendChildren, SendParent, SendUnicast
 from msd.messages import Message, Peer
 from vdns.startorder import Start
 
 TICKS_PER_HEARTBEAT = 10  # as often as the daemons tick their node (msd.daemon)
+_SIM_KEY = bytes(KEY_BYTES)
+
+
+class _SizeOnly:
+    """Signs nothing: a signature's bytes without the cost of Ed25519 (sizes are counted)."""
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(SIGNATURE_BYTES)
+
+
+_SIZE_ONLY = _SizeOnly()
 
 
 @dataclasses.dataclass
@@ -55,8 +66,9 @@ class VirtualNetwork:
         seed: int = 0,
         wire_key: bytes | None = None,
     ) -> None:
-        """`wire_key`: encode every datagram sent (msd.codec, signed with this key) to count
-        its real size in `SimDomain.bytes_sent` and `bytes_by_kind`; None skips the cost."""
+        """`wire_key`: encode every datagram sent (msd.codec, tagged with this key, with a
+        stand-in signature) to count its real size in `SimDomain.bytes_sent` and
+        `bytes_by_kind`; None skips the cost."""
         self.config = config
         self.wire_key = wire_key
         self.bytes_by_kind: dict[str, int] = {}
@@ -84,7 +96,8 @@ class VirtualNetwork:
     ) -> Node:
         """Start (or restart) a domain's designated MSD now; it gets a fresh unicast port."""
         self._next_port += 1
-        address = Peer(domain=domain, host="127.0.0.1", port=self._next_port)
+        # A stand-in public key: the cores carry it untouched, so datagrams have their real size.
+        address = Peer(domain=domain, host="127.0.0.1", port=self._next_port, key=_SIM_KEY)
         node = Node(address=address, parent_domain=parent, msd_id=f"sim-{self._next_port}",
                     term=term, config=self.config, now=self.now)
         old = self.domains.get(domain)
@@ -198,7 +211,7 @@ class VirtualNetwork:
     def _count_bytes(self, sender: SimDomain, message: Message) -> None:
         if self.wire_key is None:
             return
-        size = len(encode(message, key=self.wire_key))
+        size = len(encode(message, key=self.wire_key, signer=_SIZE_ONLY))
         sender.bytes_sent += size
         self.bytes_by_kind[message.kind] = self.bytes_by_kind.get(message.kind, 0) + size
 

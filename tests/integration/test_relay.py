@@ -4,15 +4,17 @@ one-call registration through the URS; forged or unsigned requests refused, noth
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
 
 from client.search import SearchClient
+from msd.keys import KeyRing, generate_private_key, load_private_key, public_bytes
 from msd.keyspace import KeyRange, key_of
-from msd.relay import AUTH_HEADER, sign
+from msd.relay import RelayAuth
 from tests.integration.test_msd_tree import _statuses
-from vdns.harness import Hierarchy
+from vdns.harness import DOMAIN_KEY_FILE, Hierarchy
 
 ROOT = "level0.testdomain.info"
 
@@ -114,15 +116,40 @@ async def test_forged_routed_requests_and_replies_are_refused_and_store_nothing(
     body = json.dumps({"keyword": keyword, "shadow": False, "origin": ROOT, "record": record,
                        "hops": ["evil.example"], "reply_to": "127.0.0.1:9",
                        "request": "x"}).encode()
-    wrong = sign(body, key=b"not the hierarchy key")
+    hierarchy_key = (scenario3.data_dir / "hierarchy.key").read_bytes().strip()
+    child = "dom00." + ROOT  # the root's child: the root holds its key
+
+    def signer(*, key: bytes = hierarchy_key, domain: str = child,
+               private: Any = None) -> RelayAuth:
+        private = private or generate_private_key()
+        return RelayAuth(hierarchy_key=key, domain=domain, signer=private,
+                         keyring=KeyRing(domain=domain, own=public_bytes(private)),
+                         clock_ms=lambda: int(time.time() * 1000))
+
+    outsider = signer(key=b"not the hierarchy key, but long enough")
+    impostor = signer()  # the hierarchy key, but not the child's own Ed25519 key
+    refusals: list[tuple[str, dict[str, str]]] = [("/msd/remote-register", {})]  # unsigned
+    refusals += [(path, outsider.headers("POST", path, body))
+                 for path in ("/msd/remote-register", "/msd/probe", "/msd/reply",
+                              "/msd/mirror")]
+    refusals.append(("/msd/remote-register",
+                     impostor.headers("POST", "/msd/remote-register", body)))
+    real = signer(private=load_private_key(scenario3.data_dir / child / DOMAIN_KEY_FILE))
+    reply = json.dumps({"request": "nobody waits for this", "result": {}}).encode()
+    once = real.headers("POST", "/msd/reply", reply)
     async with aiohttp.ClientSession() as http:
-        for path, headers in (("/msd/remote-register", {}),
-                              ("/msd/remote-register", {AUTH_HEADER: wrong}),
-                              ("/msd/probe", {AUTH_HEADER: wrong}),
-                              ("/msd/reply", {AUTH_HEADER: wrong})):
+        for path, headers in refusals:
             async with http.post(f"{owner}{path}", data=body,
                                  headers=headers | {"Content-Type": "application/json"}) as resp:
-                assert resp.status == 403, (path, await resp.text())
+                assert resp.status == 403, (path, headers, await resp.text())
+        # The child's own key passes once; the very same request again is a replay.
+        for expected in (200, 403):
+            async with http.post(f"{owner}/msd/reply", data=reply, headers=once) as resp:
+                assert resp.status == expected, await resp.text()
+        async with http.get(f"{owner}/status") as resp:
+            rejected = (await resp.json())["http_rejected"]
+        assert rejected["auth_unsigned"] >= 1 and rejected["auth_bad_hmac"] >= 3
+        assert rejected["auth_forged"] >= 1 and rejected["auth_replayed"] >= 1
         pushed = {"record": record}
         async with http.post(f"{owner}/sessions", json=pushed,
                              headers={"Authorization": "Bearer not-the-msd-key"}) as resp:

@@ -30,6 +30,7 @@ from vdns.mds import load_mds
 pytestmark = pytest.mark.integration
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ROOT_KEY = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="  # the root domain's Ed25519 public key
 ANNOUNCE: dict[str, Any] = {"address": "127.0.0.1", "port": 7000, "term": 3, "ttl": 30}
 
 
@@ -40,7 +41,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def root(aiohttp_client: AiohttpClient, tmp_path: Path, clock: FakeClock) -> Client:
-    return await start(aiohttp_client, settings(tmp_path / "root"), clock=clock)
+    return await start(aiohttp_client, settings(tmp_path / "root", public_key=ROOT_KEY),
+                       clock=clock)
 
 
 async def announce(client: Client, **changes: Any) -> Any:
@@ -64,6 +66,7 @@ async def test_root_bootstrap_document(root: Client) -> None:
         "multicast_mode": "asm",
         "designated": None,
         "last_term": 0,
+        "public_key": ROOT_KEY,
         "msds": [],
         "parent_designated": None,
         "parent_error": None,
@@ -158,8 +161,14 @@ async def test_designated_set_and_read(root: Client, clock: FakeClock) -> None:
     expected = {"address": "127.0.0.1", "port": 7000, "term": 3, "expires_at": clock.now + 30}
     assert (await response.json())["designated"] == expected
     own = await (await root.get("/bootstrap/designated")).json()
-    assert own == {"domain": ROOT_DOMAIN, "designated": expected, "last_term": 3}
+    assert own == {"domain": ROOT_DOMAIN, "designated": expected, "last_term": 3,
+                   "public_key": ROOT_KEY}
     assert (await (await root.get("/bootstrap")).json())["designated"] == expected
+
+
+def test_a_public_key_that_is_not_one_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="public_key: a public key is 32 bytes"):
+        settings(tmp_path, public_key="AAAA")
 
 
 async def test_designated_needs_the_msd_key(root: Client) -> None:
@@ -240,9 +249,12 @@ async def test_parent_designated_comes_from_the_parent_urs(
     await announce(root, term=2)
     await announce(child, term=9, port=7100)
     document = await (await child.get("/bootstrap")).json()
+    # The parent's key rides with its designated entry: what the child's MSDs pin it by.
     assert document["parent_designated"] == {
         "address": "127.0.0.1", "port": 7000, "term": 2, "expires_at": clock.now + 30,
+        "public_key": ROOT_KEY,
     }
+    assert document["public_key"] is None  # this child URS was given no key of its own
     assert document["designated"]["term"] == 9
     assert asked == [ROOT_DOMAIN, ROOT_DOMAIN]
     # The child's own soft state stays its own: no recursion into the parent.
