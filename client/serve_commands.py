@@ -35,6 +35,10 @@ def add_parsers(commands: Any) -> None:
                           "$STATE_DIRECTORY, which systemd's StateDirectory= sets, else .)")
     urs.add_argument("--msd-key-file", type=Path, metavar="FILE",
                      help="the domain's MSD key (without it, MSDs cannot announce themselves)")
+    urs.add_argument("--public-key-file", type=Path, metavar="FILE",
+                     help="the domain's public key: the `DOMAIN KEY` line `mdns keys generate` "
+                          "writes to FILE.pub; published to the domain's MSDs and child "
+                          "domains (without it, they learn the key on first use)")
     urs.add_argument("--host", help="address to listen on (default: the file's URSIP)")
     urs.add_argument("--port", type=int, help="port to listen on (default: the file's URSPort)")
     urs.add_argument("--multicast-mode", choices=("asm", "ssm", "none"), default="asm",
@@ -117,8 +121,12 @@ async def _urs(args: argparse.Namespace) -> None:
             raise ClientError(f"--msd-key-file {args.msd_key_file}: {exc.strerror}") from None
     state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     data_dir = args.data_dir or Path(state or ".")
+    public_key = None
+    if args.public_key_file is not None:
+        public_key = _public_key(args.public_key_file, domain=config.domain)
     settings = UrsSettings.from_mds(config, data_dir=data_dir, multicast_mode=args.multicast_mode,
-                                    msd_key=key, database_url=database_url(args) or "")
+                                    msd_key=key, database_url=database_url(args) or "",
+                                    public_key=public_key)
     settings = dataclasses.replace(
         settings, host=args.host or settings.host,
         port=settings.port if args.port is None else args.port)
@@ -129,6 +137,20 @@ async def _urs(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise ClientError(f"URS of {settings.domain}: cannot listen on {settings.host}:"
                           f"{settings.port}: {exc.strerror}") from None
+
+
+def _public_key(path: Path, *, domain: str) -> str:
+    """The domain's public key (base64) from a `DOMAIN KEY` file."""
+    from msd.keys import KeyFileError, key_text, read_key_file
+
+    try:
+        keys = read_key_file(path)
+    except KeyFileError as exc:
+        raise ClientError(f"--public-key-file: {exc}") from None
+    if domain not in keys:
+        raise ClientError(f"--public-key-file {path} has no key for {domain} (expected the "
+                          f"line `{domain} KEY` that `mdns keys generate` writes)")
+    return key_text(keys[domain])
 
 
 async def _dns(args: argparse.Namespace) -> None:

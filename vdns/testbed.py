@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from msd.keys import generate_private_key, key_line, public_bytes, write_private_key
 from vdns.errors import VdnsError
 from vdns.mds import Delegation, DomainConfig, load_hierarchy, write_mds
 from vdns.netns import Host, Impairment, Network, NetworkPlan, new_prefix
@@ -43,6 +44,7 @@ DNS_PORT = 53
 URS_PORT = 80  # the well-known port: a bookmark mcast.<domain>/<id> is also a URL
 STOP_GRACE_S = 5.0
 STATE_FILE = "state.json"
+DOMAIN_KEY_FILE = "domain.key"  # each domain's Ed25519 private key, in its data directory
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -180,6 +182,7 @@ class Testbed:
                 data = self.data_dir(placed)
                 data.mkdir(parents=True, exist_ok=True)
                 _secret(data / "msd.key")
+                _domain_key(data / DOMAIN_KEY_FILE, domain=placed.domain)
                 write_mds(placed.config, self.mds_path(placed))
             for component in self.components():  # DNS servers first, MSDs last
                 for placed in self.placements:
@@ -347,10 +350,13 @@ class Testbed:
                     "--host", placed.host.address]
         if component == "urs":
             return [*mdns, "urs", "--config", str(self.mds_path(placed)), "--data-dir", str(data),
-                    "--msd-key-file", str(data / "msd.key")]
+                    "--msd-key-file", str(data / "msd.key"),
+                    "--public-key-file", str(data / f"{DOMAIN_KEY_FILE}.pub")]
         index = int(component.removeprefix("msd-"))
         return [*mdns, "msd", "--urs", placed.urs_url, "--msd-key-file", str(data / "msd.key"),
                 "--hierarchy-key-file", str(self.state_dir / "hierarchy.key"),
+                "--domain-key-file", str(data / DOMAIN_KEY_FILE),
+                "--known-keys", str(data / f"{component}.known-keys"),
                 "--interface", placed.host.address, "--priority", str(100 - index),
                 "--heartbeat", str(self.settings.heartbeat_s),
                 "--database", f"sqlite+aiosqlite:///{data / 'msd.sqlite'}"]
@@ -406,6 +412,16 @@ class Testbed:
             " (UDP only)"), udp_only=h["impairment"].endswith("(UDP only)"))
             for h in hosts if h.get("impairment") and h["impairment"] != "none"}
         return testbed
+
+
+def _domain_key(path: Path, *, domain: str) -> None:
+    """The domain's Ed25519 key pair, made once as `mdns keys generate` makes it: the
+    private key (0600) for its MSDs, `path`.pub (the `DOMAIN KEY` line) for its URS."""
+    if path.exists():
+        return
+    key = generate_private_key()
+    write_private_key(path, key)
+    path.with_name(path.name + ".pub").write_text(key_line(domain, public_bytes(key)) + "\n")
 
 
 def _secret(path: Path) -> None:

@@ -1,6 +1,7 @@
 """The services the systemd units run, as processes: `mdns dns` health-checking two `mdns urs`
-replicas on one database. SIGKILL one replica: `mdns resolve` keeps working without an
-error, and the DNS answer drops the dead replica within a few seconds."""
+replicas on one database, each publishing the domain's public key (`--public-key-file`).
+SIGKILL one replica: `mdns resolve` keeps working without an error, and the DNS answer
+drops the dead replica within a few seconds."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import dns.message
 import dns.rdatatype
 import pytest
 
+from msd.keys import generate_private_key, key_line, key_text, public_bytes
 from vdns.mds import load_hierarchy, write_mds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +52,7 @@ class Services:
     dns_port: int
     urs: list[tuple[int, subprocess.Popen[bytes]]]
     domain: str
+    public_key: str  # what each replica must publish in /bootstrap
 
 
 @pytest.fixture
@@ -59,6 +62,8 @@ def services(tmp_path: Path) -> Iterator[Services]:
     config = dataclasses.replace(root, delegations=(), self_port=dns_port, urs_port=urs_ports[0])
     write_mds(config, tmp_path / "edu.mds")
     (tmp_path / "msd.key").write_text("a-test-msd-key-of-enough-length\n")
+    public = public_bytes(generate_private_key())
+    (tmp_path / "domain.key.pub").write_text(key_line(config.domain, public) + "\n")
     database = f"sqlite+aiosqlite:///{tmp_path / 'urs.sqlite'}"
     processes: list[subprocess.Popen[bytes]] = []
 
@@ -73,12 +78,13 @@ def services(tmp_path: Path) -> Iterator[Services]:
         replicas = [(port, start("urs", "--config", str(tmp_path / "edu.mds"),
                                  "--database", database, "--port", str(port),
                                  "--msd-key-file", str(tmp_path / "msd.key"),
+                                 "--public-key-file", str(tmp_path / "domain.key.pub"),
                                  log=f"urs-{port}.log"))
                     for port in urs_ports]
         start("dns", "--config", str(tmp_path / "edu.mds"), "--health-interval", str(CHECK_S),
               *[arg for port in urs_ports for arg in ("--urs-replica", f"127.0.0.1:{port}")],
               log="dns.log")
-        yield Services(dns_port, replicas, config.domain)
+        yield Services(dns_port, replicas, config.domain, key_text(public))
     finally:
         for process in processes:
             if process.poll() is None:
@@ -129,6 +135,8 @@ async def test_sigkill_one_urs_process_resolve_keeps_working(services: Services)
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/gators") as response:
                         assert response.status == 200
+                    async with http.get(f"http://127.0.0.1:{port}/bootstrap") as response:
+                        assert (await response.json())["public_key"] == services.public_key
                         break
                 except aiohttp.ClientConnectionError:
                     assert time.monotonic() < deadline, f"the URS on {port} did not come up"
