@@ -360,7 +360,13 @@ class Node:
     def _on_graft(self, graft: Graft, now: float) -> list[Action]:
         if graft.orphan != self.domain or self.state is not NodeState.ORPHAN:
             return []
-        self.parent, self.state = graft.adopter, NodeState.FOSTERED
+        # A tracer that went out after losing an adopter can reach our own parent, back
+        # again: then we are home, not fostered (its heartbeats would never say otherwise).
+        home = graft.adopter.domain == self.parent_domain
+        self.parent = graft.adopter
+        self.state = NodeState.JOINED if home else NodeState.FOSTERED
+        if home:
+            self.own_parent = graft.adopter
         self.parent_link, self.parent_heard_at = LinkMode.UNICAST, now
         self._tracing = []
         return [self._report(to=graft.adopter, now=now)]
@@ -409,9 +415,11 @@ class Node:
             if on_path and name != orphan:
                 return [self._unicast(child.peer, Tracer, now, orphan=tracer.orphan,
                                       dead=tracer.dead, hops=hops)]
-        # We are the nearest live ancestor: adopt.
+        # We are the nearest live ancestor: adopt (our own child, if it is one, comes home).
+        own_child = orphan.endswith("." + self.domain) and (
+            orphan.count(".") == self.domain.count(".") + 1)
         self.children[orphan] = Child(peer=tracer.orphan, count=1, used=1, heard_at=now,
-                                      link=LinkMode.UNICAST, foster=True)
+                                      link=LinkMode.UNICAST, foster=not own_child)
         self._resplit(now)
         return [self._unicast(tracer.orphan, Graft, now, adopter=self.address, orphan=orphan),
                 self._heartbeat_to(self.children[orphan], now)]
