@@ -404,7 +404,13 @@ class Node:
             self.state is NodeState.WAITING and self._lost_parent is not None)
         if graft.orphan != self.domain or not tracing:
             return []
-        self.parent, self.state = graft.adopter, NodeState.FOSTERED
+        # A tracer that went out after losing an adopter can reach our own parent, back
+        # again: then we are home, not fostered (its heartbeats would never say otherwise).
+        home = graft.adopter.domain == self.parent_domain
+        self.parent = graft.adopter
+        self.state = NodeState.JOINED if home else NodeState.FOSTERED
+        if home:
+            self.own_parent, self._lost_parent = graft.adopter, None
         self.parent_link, self.parent_heard_at = LinkMode.UNICAST, now
         self._tracing = []
         return [self._report(to=graft.adopter, now=now)]
@@ -473,9 +479,11 @@ class Node:
             if on_path and name != orphan:
                 return [self._unicast(child.peer, Tracer, now, orphan=tracer.orphan,
                                       dead=tracer.dead, hops=hops)]
-        # We are the nearest live ancestor: adopt.
+        # We are the nearest live ancestor: adopt (our own child, if it is one, comes home).
+        own_child = orphan.endswith("." + self.domain) and (
+            orphan.count(".") == self.domain.count(".") + 1)
         self.children[orphan] = Child(peer=tracer.orphan, count=1, used=1, heard_at=now,
-                                      link=LinkMode.UNICAST, foster=True)
+                                      link=LinkMode.UNICAST, foster=not own_child)
         self.division.changed(self._beats)
         self._resplit(now)
         return [self._unicast(tracer.orphan, Graft, now, adopter=self.address, orphan=orphan),

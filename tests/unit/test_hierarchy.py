@@ -222,3 +222,43 @@ def test_a_stalled_process_does_not_count_its_stall_as_everyone_elses_silence() 
     net.kill("dom02.level0.testdomain.info")  # its parent: silent while the middle runs
     net.run(until=net.now + 4 * HB)
     assert middle.state is NodeState.FOSTERED
+
+
+def test_an_orphan_adopted_by_its_own_parent_is_home_not_fostered() -> None:
+    """After losing an adopter, an orphan's tracer can reach its own parent, back again:
+    the graft then brings it home (JOINED), where a fostered state would stick, since
+    the parent's heartbeats would never differ from the adopter's."""
+    from msd.hierarchy import Node
+    from msd.messages import Assignment, Graft, Heartbeat, Peer, Tracer
+
+    config = HierarchyConfig(heartbeat_s=HB)
+    parent_peer = Peer(domain="p.edu", host="10.0.0.1", port=1)
+    child = Node(address=Peer(domain="x.p.edu", host="10.0.0.2", port=2), parent_domain="p.edu",
+                 msd_id="x", term=1, config=config, now=0.0)
+    child.set_parent_address(parent_peer, 0.0)
+    root_peer = Peer(domain="edu", host="10.0.0.9", port=9)
+    child.receive(Heartbeat(sender="p.edu", msd_id="p", term=1,
+                            ancestors=(root_peer, parent_peer),
+                            generation=1, assignments=(Assignment(child="x.p.edu", start=0,
+                                                                  end=SPACE // 2),)),
+                  0.0, multicast=True)
+    assert child.state is NodeState.JOINED
+    now = 0.0
+    while child.state is not NodeState.ORPHAN:  # the parent falls silent while we run: trace
+        now += HB / 10
+        assert now < 10 * HB
+        child.tick(now)
+    child.receive(Graft(sender="p.edu", msd_id="p2", term=2, adopter=parent_peer,
+                        orphan="x.p.edu"), now, multicast=False)
+    assert child.state is NodeState.JOINED and child.parent == parent_peer
+
+    parent = Node(address=parent_peer, parent_domain=None, msd_id="p2", term=2, config=config,
+                  now=0.0)
+    parent.receive(Tracer(sender="edu", msd_id="r", term=1, dead="q.edu",
+                          orphan=Peer(domain="x.p.edu", host="10.0.0.2", port=2)),
+                   0.0, multicast=False)
+    assert parent.children["x.p.edu"].foster is False  # its own child: not a foster child
+    parent.receive(Tracer(sender="edu", msd_id="r", term=1, dead="q.edu",
+                          orphan=Peer(domain="y.w.p.edu", host="10.0.0.3", port=3)),
+                   0.0, multicast=False)
+    assert parent.children["y.w.p.edu"].foster is True  # a grandchild is fostered
