@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from client.status import summary
 from msd.keyspace import KeyRange, key_of
 from tests.integration.test_msd_tree import MIDDLE, _settled, _start, _statuses, _wait
 from vdns.harness import Hierarchy
+
+CONCURRENCY = 4  # registrations or searches in flight at once (every daemon shares this loop)
 
 KEYWORDS = Path(__file__).resolve().parents[2] / "configs" / "latency-keywords.txt"
 
@@ -36,6 +39,17 @@ async def _register_away(
     shadows = {r["keyword"]: r["owner"] for r in registered[1]["routed"] if r["shadow"]}
     word, owner = next((w, o) for w, o in owners.items() if o not in (*avoid, shadows[w]))
     return registered, word, owner
+
+
+async def _at_most(limit: int, work: list[Coroutine[Any, Any, None]]) -> None:
+    """Run `work` with at most `limit` of it in flight; the first failure is raised."""
+    gate = asyncio.Semaphore(limit)
+
+    async def gated(one: Coroutine[Any, Any, None]) -> None:
+        async with gate:
+            await one
+
+    await asyncio.gather(*(gated(one) for one in work))
 
 
 def _session(number: int, keyword: str, *, scope: str = "global") -> dict[str, Any]:
@@ -58,22 +72,29 @@ async def test_sessions_registered_anywhere_are_found_from_every_domain(
     assert len(words) == 305
     placed: dict[str, tuple[str, str]] = {}
     async with aiohttp.ClientSession() as http:
-        for number, word in enumerate(words):
-            domain = rng.choice(domains)
+
+        async def register(number: int, word: str, domain: str) -> None:
             scope = "local" if number % 10 == 0 else "global"
             registration, answer = await register_everywhere(
                 http, domain=domain, session=_session(number, word, scope=scope),
                 dns_server=dns, wait=True)
             assert all("owner" in route for route in answer["routed"]), answer
             placed[word] = (registration.uri, scope)
+
+        await _at_most(CONCURRENCY, [register(number, word, rng.choice(domains))
+                                     for number, word in enumerate(words)])
+
+        async def search(client: SearchClient, word: str, uri: str, scope: str) -> None:
+            hits = await client.search(word)
+            found = [hit.session.uri for hit in hits]
+            home_owns = uri.startswith(f"mcast.{client.home}/")
+            expected = [uri] if scope == "global" or home_owns else []
+            assert found == expected, (client.home, word, found, expected)
+
         for home in domains:
             client = SearchClient(home=home, dns_server=dns, http=http)
-            for word, (uri, scope) in placed.items():
-                hits = await client.search(word)
-                found = [hit.session.uri for hit in hits]
-                home_owns = uri.startswith(f"mcast.{home}/")
-                expected = [uri] if scope == "global" or home_owns else []
-                assert found == expected, (home, word, found, expected)
+            await _at_most(CONCURRENCY, [search(client, word, uri, scope)
+                                         for word, (uri, scope) in placed.items()])
 
 
 async def test_the_shadow_answers_when_the_owner_is_dead(scenario3: Hierarchy) -> None:
@@ -132,15 +153,19 @@ async def test_near_returns_exactly_the_sessions_within_the_radius(scenario3: Hi
     centre = (29.6, -82.3)
     inside: set[str] = set()
     async with aiohttp.ClientSession() as http:
-        for number in range(400):
-            point = geodesic(kilometers=rng.uniform(0, 100)).destination(
-                centre, bearing=rng.uniform(0, 360))
-            session = _session(number, "geo") | {"lat": point.latitude, "lon": point.longitude,
-                                                  "keywords": ["geo"]}
+
+        async def register(number: int, lat: float, lon: float, domain: str) -> None:
+            session = _session(number, "geo") | {"lat": lat, "lon": lon, "keywords": ["geo"]}
             registration, _ = await register_everywhere(
-                http, domain=rng.choice(domains), session=session, dns_server=dns, wait=True)
-            if geodesic(centre, (point.latitude, point.longitude)).km <= 50:
+                http, domain=domain, session=session, dns_server=dns, wait=True)
+            if geodesic(centre, (lat, lon)).km <= 50:
                 inside.add(registration.uri)
+
+        points = [geodesic(kilometers=rng.uniform(0, 100)).destination(
+            centre, bearing=rng.uniform(0, 360)) for _ in range(400)]
+        await _at_most(CONCURRENCY, [register(number, p.latitude, p.longitude,
+                                              rng.choice(domains))
+                                     for number, p in enumerate(points)])
         assert 50 < len(inside) < 350
         for home in domains[::3]:
             client = SearchClient(home=home, dns_server=dns, http=http)
