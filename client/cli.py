@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from client.bench import add_parser as add_bench_parser
+from client.bench import run as run_bench_command
 from client.errors import ClientError
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.sap_commands import add_parsers as add_sap_parsers
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--json", action="store_true",
                          help='print {"cold": {...}, "warm": {...}}')
     _scale_parser(experiments)
+    add_bench_parser(commands)
     return parser
 
 
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sap_command(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
+        if args.command == "bench":
+            return run_bench_command(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
         print(f"mdns: {exc}", file=sys.stderr)
         return 1
