@@ -23,6 +23,7 @@ from msd.errors import MsdError
 from msd.geo import Circle, GeoError, parse_cell_key, subcell_key
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.schema import SessionRecord
+from msd.writebatch import WriteBatcher, batcher_for
 
 SEARCH_MAX = 1000  # records one keyword search returns at most
 NEAR_MAX = 1000  # sessions one geo lookup returns at most
@@ -128,8 +129,9 @@ def sqlite_url(data_dir: Path | str, domain: str) -> str:
 class MsdStore:
     """The domain's sessions and held records behind one SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, writes: WriteBatcher | None = None) -> None:
         self._engine = engine
+        self._writes = writes  # group commit on SQLite (msd.writebatch); None: engine.begin()
 
     def __repr__(self) -> str:
         return f"MsdStore({self._engine.url.render_as_string(hide_password=True)!r})"
@@ -146,10 +148,16 @@ class MsdStore:
             engine = await open_database(url, metadata=metadata, synchronous="NORMAL")
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
-        return cls(engine)
+        return cls(engine, writes=batcher_for(engine, synchronous="NORMAL"))
 
     async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.close()
         await self._engine.dispose()
+
+    def _begin(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction; on SQLite one savepoint of a group commit (msd.writebatch)."""
+        return self._engine.begin() if self._writes is None else self._writes.begin()
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -162,7 +170,7 @@ class MsdStore:
                   "scope": str(record.scope), "expires_at": record.expires_at, "updated_at": now}
         keywords = [{"uri": record.uri, "keyword": keyword} for keyword in record.keywords]
         # One transaction, opened by the first write: a failure anywhere leaves the old version.
-        async with self._translate("put local"), self._engine.begin() as conn:
+        async with self._translate("put local"), self._begin() as conn:
             await _upsert(conn, local_sessions, values, keys=("domain", "uri"))
             await conn.execute(sa.delete(local_keywords).where(LK.uri == record.uri))
             if keywords:
@@ -178,7 +186,7 @@ class MsdStore:
 
     async def delete_local(self, uri: str) -> bool:
         """Remove a session with its keyword and geo rows; False if there was none."""
-        async with self._translate("delete local"), self._engine.begin() as conn:
+        async with self._translate("delete local"), self._begin() as conn:
             result = await conn.execute(sa.delete(local_sessions).where(LS.uri == uri))
             await conn.execute(sa.delete(local_keywords).where(LK.uri == uri))
             await conn.execute(sa.delete(geo_cells).where(GC.uri == uri, GC.kind == GeoKind.LOCAL))
@@ -223,7 +231,7 @@ class MsdStore:
                   "key": key_hex(shadow_of(key) if shadow else key),
                   "body": record.model_dump_json(), "origin": origin,
                   "expires_at": record.expires_at, "updated_at": now}
-        async with self._translate("put global"), self._engine.begin() as conn:
+        async with self._translate("put global"), self._begin() as conn:
             await _upsert(conn, global_records, values, keys=("keyword", "uri", "shadow"))
             await _place(conn, record, kind=GeoKind.SHADOW if shadow else GeoKind.GLOBAL)
 
@@ -248,7 +256,7 @@ class MsdStore:
                     "body": record.model_dump_json(), "origin": origin,
                     "expires_at": record.expires_at, "updated_at": now}
                 placed[(record.uri, GeoKind.SHADOW if shadow else GeoKind.GLOBAL)] = record
-            async with self._translate("put global many"), self._engine.begin() as conn:
+            async with self._translate("put global many"), self._begin() as conn:
                 await _upsert_many(conn, global_records, list(rows.values()),
                                    keys=("keyword", "uri", "shadow"))
                 await _place_many(conn, placed)
@@ -299,7 +307,7 @@ class MsdStore:
     async def delete_global(self, keyword: str, uri: str, *, shadow: bool) -> bool:
         """Remove one held record (and its geo row if it was the session's last); False if none."""
         match = (GR.keyword == keyword, GR.uri == uri, GR.shadow == shadow)
-        async with self._translate("delete global"), self._engine.begin() as conn:
+        async with self._translate("delete global"), self._begin() as conn:
             result = await conn.execute(sa.delete(global_records).where(*match))
             await _drop_orphan_cells(conn, [uri], shadow=shadow)
         return bool(result.rowcount)
@@ -336,7 +344,7 @@ class MsdStore:
         gone = 0
         for step in (_collect_local, _collect_global):
             while True:
-                async with self._translate("collect expired"), self._engine.begin() as conn:
+                async with self._translate("collect expired"), self._begin() as conn:
                     rows, batch = await step(conn, now=now)
                 gone += rows
                 if batch < COLLECT_BATCH:
