@@ -47,7 +47,9 @@ metadata = sa.MetaData()
 local_sessions = sa.Table(
     "local_sessions", metadata,
     sa.Column("domain", sa.String(253), primary_key=True),
-    sa.Column("uri", _URI, primary_key=True),
+    # Indexed on its own: keyword and geo rows join by URI alone, which the primary key
+    # (domain first) cannot serve; without it every local search scanned all sessions.
+    sa.Column("uri", _URI, primary_key=True, index=True),
     sa.Column("body", sa.Text, nullable=False),  # the SessionRecord as JSON
     sa.Column("scope", sa.String(16), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
