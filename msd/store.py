@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -35,6 +36,7 @@ BULK_BATCH = 500  # records put_global_many writes per transaction
 GEO_K = 2
 GEO_DEPTH = 5  # 1/32° ≈ 3.5 km at the equator, the dissertation's figure
 SQLITE_FILE = "msd.sqlite"
+PARSED_CACHE = 4096  # stored bodies kept parsed (a few MB): the records searches return
 
 _DOMAIN = re.compile(r"[a-z0-9_-][a-z0-9_.-]{0,252}")
 # 32 lower-case hex digits keep string order equal to numeric order; PostgreSQL must then
@@ -174,9 +176,9 @@ class MsdStore:
         # One transaction, opened by the first write: a failure anywhere leaves the old version.
         async with self._translate("put local"), self._begin() as conn:
             await _upsert(conn, local_sessions, values, keys=("domain", "uri"))
-            await conn.execute(sa.delete(local_keywords).where(LK.uri == record.uri))
+            await conn.execute(_UNKEY, {"uri": record.uri})
             if keywords:
-                await conn.execute(sa.insert(local_keywords), keywords)
+                await conn.execute(_KEY_ROWS, keywords)
             await _place(conn, record, kind=GeoKind.LOCAL)
 
     async def get_local(self, uri: str, *, now: float) -> SessionRecord | None:
@@ -198,12 +200,10 @@ class MsdStore:
         self, keyword: str, *, now: float, scope: str | None = None, limit: int = SEARCH_MAX
     ) -> list[SessionRecord]:
         """Unexpired sessions of this domain carrying `keyword`, optionally of one scope."""
-        query = (sa.select(LS.body).join(local_keywords, LK.uri == LS.uri)
-                 .where(LK.keyword == keyword, LS.expires_at > now)
-                 .order_by(LS.uri).limit(_check_limit(limit)))
-        if scope is not None:
-            query = query.where(LS.scope == scope)
-        return await self._bodies("search local", query)
+        params = {"keyword": keyword, "now": now, "limit": _check_limit(limit)}
+        if scope is None:
+            return await self._bodies("search local", _SEARCH_LOCAL, params)
+        return await self._bodies("search local", _SEARCH_LOCAL_SCOPE, params | {"scope": scope})
 
     async def search_local_near(
         self, keyword: str, *, near: tuple[float, float], within_km: float, now: float,
@@ -268,10 +268,8 @@ class MsdStore:
         self, keyword: str, *, shadow: bool, now: float, limit: int = SEARCH_MAX
     ) -> list[SessionRecord]:
         """Unexpired records held for `keyword`: primaries, or shadows."""
-        query = (sa.select(GR.body)
-                 .where(GR.keyword == keyword, GR.shadow == shadow, GR.expires_at > now)
-                 .order_by(GR.uri).limit(_check_limit(limit)))
-        return await self._bodies("search global", query)
+        params = {"keyword": keyword, "shadow": shadow, "now": now, "limit": _check_limit(limit)}
+        return await self._bodies("search global", _SEARCH_GLOBAL, params)
 
     async def search_global_near(
         self, keyword: str, *, shadow: bool, near: tuple[float, float], within_km: float,
@@ -390,9 +388,11 @@ class MsdStore:
                                 kept = sorted(kept)[:limit]
         return [NearRecord(_parse(body), km) for km, _uri, body in sorted(kept)[:limit]]
 
-    async def _bodies(self, operation: str, query: sa.Select[Any]) -> list[SessionRecord]:
+    async def _bodies(
+        self, operation: str, query: sa.Select[Any], params: dict[str, Any] | None = None
+    ) -> list[SessionRecord]:
         async with self._translate(operation), self._engine.connect() as conn:
-            bodies = (await conn.execute(query)).scalars().all()
+            bodies = (await conn.execute(query, params)).scalars().all()
         return [_parse(body) for body in bodies]
 
     @contextlib.asynccontextmanager
@@ -410,11 +410,8 @@ async def _upsert(
     changes = {name: value for name, value in values.items() if name not in keys}
     if conn.dialect.name in ("sqlite", "postgresql"):
         # One statement: two processes re-registering at once cannot both miss and both insert.
-        dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-        statement = dialect_insert(table).values(**values)
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[table.c[key] for key in keys],
-            set_={column: statement.excluded[column] for column in changes}))
+        await conn.execute(_upsert_statement(conn.dialect.name, table, tuple(values),
+                                             keys=tuple(keys)), values)
         return
     match = [table.c[key] == values[key] for key in keys]
     if (await conn.execute(sa.update(table).where(*match).values(**changes))).rowcount == 0:
@@ -431,12 +428,27 @@ async def _upsert_many(
         for values in rows:
             await _upsert(conn, table, values, keys=keys)
         return
-    dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-    statement = dialect_insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c[key] for key in keys],
-        set_={column: statement.excluded[column] for column in rows[0] if column not in keys})
-    await conn.execute(statement, rows)
+    await conn.execute(_upsert_statement(conn.dialect.name, table, tuple(rows[0]),
+                                         keys=tuple(keys)), rows)
+
+
+_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _upsert_statement(
+    dialect: str, table: sa.Table, columns: tuple[str, ...], *, keys: tuple[str, ...]
+) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE of `columns`, built once per shape and reused: building
+    it (and its cache key) anew cost more than running it."""
+    shape = (dialect, table.name, columns, keys)
+    statement = _UPSERTS.get(shape)
+    if statement is None:
+        insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        statement = insert.on_conflict_do_update(
+            index_elements=[table.c[key] for key in keys],
+            set_={column: insert.excluded[column] for column in columns if column not in keys})
+        _UPSERTS[shape] = statement
+    return statement
 
 
 async def _collect_local(conn: AsyncConnection, *, now: float) -> tuple[int, int]:
@@ -468,10 +480,26 @@ async def _collect_global(conn: AsyncConnection, *, now: float) -> tuple[int, in
 
 async def _place(conn: AsyncConnection, record: SessionRecord, *, kind: GeoKind) -> None:
     # A session has at most one cell per kind: moving it replaces the row.
-    await conn.execute(sa.delete(geo_cells).where(GC.uri == record.uri, GC.kind == kind))
+    await conn.execute(_UNPLACE, {"uri": record.uri, "kind": kind.value})
     if record.lat is not None and record.lon is not None:
         cell = geo_key(record.lat, record.lon)
-        await conn.execute(sa.insert(geo_cells).values(cell=cell, uri=record.uri, kind=kind))
+        await conn.execute(_PLACE, {"cell": cell, "uri": record.uri, "kind": kind.value})
+
+
+# Built once: the hot writes' statements (constructing one costs more than running it).
+_UNPLACE = sa.delete(geo_cells).where(GC.uri == sa.bindparam("uri"),
+                                      GC.kind == sa.bindparam("kind"))
+_PLACE = sa.insert(geo_cells)
+_SEARCH_LOCAL = (sa.select(LS.body).join(local_keywords, LK.uri == LS.uri)
+                 .where(LK.keyword == sa.bindparam("keyword"), LS.expires_at > sa.bindparam("now"))
+                 .order_by(LS.uri).limit(sa.bindparam("limit")))
+_SEARCH_LOCAL_SCOPE = _SEARCH_LOCAL.where(LS.scope == sa.bindparam("scope"))
+_SEARCH_GLOBAL = (sa.select(GR.body)
+                  .where(GR.keyword == sa.bindparam("keyword"), GR.shadow == sa.bindparam("shadow"),
+                         GR.expires_at > sa.bindparam("now"))
+                  .order_by(GR.uri).limit(sa.bindparam("limit")))
+_UNKEY = sa.delete(local_keywords).where(LK.uri == sa.bindparam("uri"))
+_KEY_ROWS = sa.insert(local_keywords)
 
 
 async def _place_many(
@@ -570,6 +598,14 @@ def _check_limit(limit: int) -> int:
 
 def _parse(body: str) -> SessionRecord:
     try:
-        return SessionRecord.model_validate_json(body)
+        return _decoded(body)
     except ValidationError as exc:
         raise StoreError(f"a stored record is not a valid session: {exc}") from None
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE)
+def _decoded(body: str) -> SessionRecord:
+    # A body is the whole record (its expiry and update time included), so equal text is an
+    # equal record: searches answer the same sessions again and again without re-validating.
+    # Records are frozen models; nobody changes a cached one.
+    return SessionRecord.model_validate_json(body)
