@@ -28,7 +28,7 @@ from msd.keyspace import key_of, shadow_of
 from msd.messages import Peer
 from msd.relay import Delay, Relay, RoutingFailed
 from msd.schema import Scope, SessionRecord
-from msd.store import MsdStore, NearRecord
+from msd.store import HeldRecord, MsdStore, NearRecord
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,26 @@ class SessionService:
 
     async def route_record(self, record: SessionRecord) -> list[dict[str, Any]]:
         """remote-register every keyword, to its owner and its shadow owner, concurrently."""
+        routes = [(k, s) for k in record.keywords for s in (False, True)]
+        # The records this MSD owns go into one transaction, not one each.
+        own = [(k, s) for k, s in routes if self._owns(k, shadow=s)]
+        remote = [route for route in routes if route not in own]
+
+        async def store_own() -> str:
+            held = [HeldRecord(keyword, shadow, record, self.domain) for keyword, shadow in own]
+            await self.store.put_global_many(held, now=self._clock())
+            return self.domain
+
         jobs = [self.remote_register(keyword, record, shadow=shadow, origin=self.domain)
-                for keyword in record.keywords for shadow in (False, True)]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+                for keyword, shadow in remote]
+        gathered = await asyncio.gather(*jobs, *([store_own()] if own else []),
+                                        return_exceptions=True)
+        by_route = dict(zip(remote, gathered, strict=False))
+        if own:
+            by_route |= dict.fromkeys(own, gathered[-1])
+        results = [by_route[route] for route in routes]
         report = []
-        for (keyword, shadow), result in zip(
-            ((k, s) for k in record.keywords for s in (False, True)), results, strict=True
-        ):
+        for (keyword, shadow), result in zip(routes, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, MsdError | aiohttp.ClientError | TimeoutError):
                     raise result
@@ -260,6 +273,13 @@ class SessionService:
         return moved
 
     # --- plumbing --------------------------------------------------------------------------
+
+    def _owns(self, keyword: str, *, shadow: bool) -> bool:
+        """Whether this MSD holds the keyword's record (a failure: not known to be ours)."""
+        try:
+            return self._next(_key(keyword, shadow=shadow), hops=()) is None
+        except MsdError:
+            return False  # remote_register meets the failure again and reports it
 
     def _next(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
         if len(hops) >= MAX_HOPS:
