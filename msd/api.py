@@ -122,7 +122,7 @@ class SessionRoutes:
         if self._search_client is None:
             node = service.node()
             self._search_client = SearchClient(home=service.domain, dns_server=None,
-                                               http=self._http())
+                                               http=self._http(), in_process=service)
             self._search_client.set_home_msd(f"http://{node.address.host}:{node.address.port}")
         try:
             hits = await self._search_client.search(text)

@@ -252,6 +252,47 @@ class SessionService:
             search.keyword, near=search.near, within_km=search.within_km, now=self._clock())
         return [_with_distance(found) for found in near]
 
+    # --- the same, called in this process (client.search.InProcessMsd, for GET /search) ----
+
+    def answers_at(self, base_url: str) -> bool:
+        """Whether `http://host:port` is this MSD (while it is designated)."""
+        node = self._node()
+        return node is not None and base_url == f"http://{_address(node.address)}"
+
+    async def local_records(self, search: Search) -> list[SessionRecord]:
+        """`local_search` as records (a caller in this process needs no JSON)."""
+        if search.near is None:
+            return await self.store.search_local(search.keyword, now=self._clock())
+        near = await self.store.search_local_near(
+            search.keyword, near=search.near, within_km=search.within_km, now=self._clock())
+        return [found.record for found in near]
+
+    async def ext_records(self, search: Search) -> list[SessionRecord] | None:
+        """`ext_search` as records; None (ext-search-invalid) when the key is not ours."""
+        if _key(search.keyword, shadow=search.shadow) not in self.node().owned:
+            return None
+        if search.near is None:
+            return await self.store.search_global(search.keyword, shadow=search.shadow,
+                                                  now=self._clock())
+        near = await self.store.search_global_near(
+            search.keyword, shadow=search.shadow, near=search.near,
+            within_km=search.within_km, now=self._clock())
+        return [found.record for found in near]
+
+    async def probe_records(
+        self, key: int, *, search: Search | None
+    ) -> tuple[dict[str, Any], list[SessionRecord] | None]:
+        """`probe` with the owner's sessions as records: the redirect, and the sessions."""
+        if self._next(key, hops=()) is None:
+            answer = await self._owner_answer(key, hops=(), search=None)
+            return answer, None if search is None else await self.ext_records(search)
+        answer = await self.probe(key, search=search)  # routed: the owner answered JSON
+        sessions = answer.pop("sessions", None)
+        if sessions is None:
+            return answer, None
+        return answer, [parse_record({k: v for k, v in s.items() if k != "distance_km"})
+                        for s in sessions]
+
     # --- housekeeping ----------------------------------------------------------------------
 
     async def migrate(self) -> int:
