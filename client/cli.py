@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from client.bench import add_parser as add_bench_parser
 from client.bench import run as run_bench_command
 from client.errors import ClientError
+from client.eventloop import event_loop_factory
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
 from client.sap_commands import add_parsers as add_sap_parsers
 from client.sap_commands import run as run_sap_command
@@ -273,7 +275,7 @@ async def _resolve(args: argparse.Namespace, *, out: TextIO) -> int:
 def _up(args: argparse.Namespace) -> int:
     from client.up import run_up  # the server side pulls in more than `resolve` needs
 
-    asyncio.run(run_up(
+    _serve(run_up(
         args.directory,
         data_dir=args.data_dir,
         multicast_mode=args.multicast_mode,
@@ -352,12 +354,19 @@ def _msd(args: argparse.Namespace) -> int:
         hierarchy_key = args.hierarchy_key_file.read_bytes().strip()
     except OSError as exc:
         raise ClientError(f"cannot read a key file: {exc}") from None
-    asyncio.run(run_daemon(
+    _serve(run_daemon(
         urs_url=args.urs.rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
         multicast=not args.no_multicast, database_url=args.database))
     return 0
+
+
+def _serve(main: Coroutine[Any, Any, None]) -> None:
+    """Run a server's main coroutine on uvloop where it exists: the same code, ~38 % more
+    requests per CPU-second than on asyncio's own loop (docs/bench.md)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main)
 
 
 def _write_file(path: Path, text: str) -> None:

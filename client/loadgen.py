@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from client.eventloop import event_loop_factory
 from client.histogram import Histogram
 
 ERROR_KINDS_MAX = 20  # distinct error messages kept per worker; the rest are counted as "other"
@@ -109,7 +110,8 @@ Request = Callable[[int], Awaitable[int]]  # request number → sessions found (
 def worker_main(plan: Plan, conn: Connection) -> None:
     """The worker process: ready → wait for the start time → run → send the Outcome."""
     try:
-        outcome = asyncio.run(_run(plan, conn))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            outcome = runner.run(_run(plan, conn))
     except BaseException as exc:  # the parent must hear about it, whatever it was
         conn.send(f"worker {plan.worker} failed: {type(exc).__name__}: {exc}")
         raise
