@@ -105,7 +105,7 @@ class SessionRoutes:
                                "with this domain's URS")
             record = await self._fetch_from_urs(session_id)
         result = await service.register(record, wait=body.get("wait") is True)
-        log.info("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
+        log.debug("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
                  record.scope.value)
         return result
 
