@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -41,10 +43,51 @@ T = TypeVar("T")
 Job = Callable[[sa.Connection], Any]
 
 
+class WriterTurns:
+    """The two writers of one SQLite file in a process take turns, one transaction at a time.
+
+    A store's fast path writes on its thread (`SqliteThread`) and its other writes (the
+    collector, deletes) through the async group commit (msd.writebatch). Left to SQLite's
+    lock, one waits in `busy_timeout` and fails after 5 s when the other is slow (a busy
+    machine); here the thread waits for its turn instead, and lets a waiting async writer
+    go first between two of its batches, so neither starves."""
+
+    POLL_S = 0.0005
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._async_waiting = 0  # changed on the event loop's thread only
+
+    @contextlib.contextmanager
+    def thread_turn(self) -> Iterator[None]:
+        while self._async_waiting:
+            time.sleep(self.POLL_S)
+        with self._lock:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def async_turn(self) -> AsyncIterator[None]:
+        self._async_waiting += 1
+        try:
+            # A threading lock (the other side is a thread): no event to await. Polling,
+            # unlike a blocked executor thread, leaves nothing behind when cancelled.
+            while not self._lock.acquire(blocking=False):  # noqa: ASYNC110
+                await asyncio.sleep(self.POLL_S)
+        finally:
+            self._async_waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
 class SqliteThread:
     """One SQLite file connection on a dedicated thread; `writer` connections group-commit."""
 
-    def __init__(self, url: str, *, synchronous: Synchronous, writer: bool, name: str) -> None:
+    def __init__(
+        self, url: str, *, synchronous: Synchronous, writer: bool, name: str,
+        turns: WriterTurns | None = None,
+    ) -> None:
         parsed = sa.make_url(url)
         if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
             raise ValueError(f"{url!r} is not an SQLite file database")
@@ -71,6 +114,7 @@ class SqliteThread:
         sa.event.listen(self._engine, "connect", on_connect)
         if writer:
             sa.event.listen(self._engine, "begin", begin_immediate)
+        self._turns = turns
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self._conn: sa.Connection | None = None  # made and used on the thread only
         self._lock = threading.Lock()
@@ -134,7 +178,7 @@ class SqliteThread:
             outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
             try:
                 conn = self._connection()
-                with conn.begin():
+                with self._turn(), conn.begin():
                     for fn, future in batch:
                         try:
                             with conn.begin_nested():
@@ -150,6 +194,9 @@ class SqliteThread:
                 self.writes += len(batch)
                 self.largest = max(self.largest, len(batch))
             loop.call_soon_threadsafe(_settle, outcomes)
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self._turns is None else self._turns.thread_turn()
 
     def _reset(self) -> None:
         if self._conn is not None:

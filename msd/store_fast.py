@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from msd.database import DatabaseError, Synchronous, open_database
 from msd.keyspace import key_of, shadow_of
 from msd.schema import SessionRecord
-from msd.sqlite_thread import SqliteThread
+from msd.sqlite_thread import SqliteThread, WriterTurns
 from msd.store import (
     _KEY_ROWS,
     _PLACE,
@@ -135,14 +135,15 @@ async def open_store(url: str) -> MsdStore:
         engine = await open_database(url, metadata=metadata, synchronous=SYNCHRONOUS)
     except DatabaseError as exc:
         raise StoreError(str(exc)) from exc
-    writes = batcher_for(engine, synchronous=SYNCHRONOUS)
+    turns = WriterTurns()  # the fast writer and the async one take turns, never fight
+    writes = batcher_for(engine, synchronous=SYNCHRONOUS, turns=turns)
     if writes is None:
         return MsdStore(engine)
     database = engine.url.render_as_string(hide_password=False)
     return FastMsdStore(
         engine, writes=writes,
         sync_writes=SqliteThread(database, synchronous=SYNCHRONOUS, writer=True,
-                                 name="msd-sqlite-write"),
+                                 name="msd-sqlite-write", turns=turns),
         sync_reads=SqliteThread(database, synchronous=SYNCHRONOUS, writer=False,
                                 name="msd-sqlite-read"))
 

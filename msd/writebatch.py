@@ -29,12 +29,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from msd.database import Synchronous, open_engine
+
+if TYPE_CHECKING:
+    from msd.sqlite_thread import WriterTurns
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,9 @@ class _Block:
 class WriteBatcher:
     """One writer connection; concurrent write blocks share its transactions (group commit)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, turns: WriterTurns | None = None) -> None:
         self._engine = engine  # transactions are begun explicitly: see `open`
+        self._turns = turns  # shared with the store's other writer in this process, if any
         self._queue: asyncio.Queue[_Block] = asyncio.Queue(MAX_WAITING)
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0
@@ -73,7 +77,9 @@ class WriteBatcher:
                 f"largest={self.largest} waiting={self._queue.qsize()}>")
 
     @classmethod
-    def open(cls, url: str, *, synchronous: Synchronous) -> WriteBatcher:
+    def open(
+        cls, url: str, *, synchronous: Synchronous, turns: WriterTurns | None = None
+    ) -> WriteBatcher:
         """A batcher on its own engine for `url` (an SQLite file, already created)."""
         engine = open_engine(url, synchronous=synchronous)
 
@@ -87,7 +93,7 @@ class WriteBatcher:
 
         sa.event.listen(engine.sync_engine, "connect", autocommit_driver)
         sa.event.listen(engine.sync_engine, "begin", begin_immediate)
-        return cls(engine)
+        return cls(engine, turns=turns)
 
     async def close(self) -> None:
         """Stop the writer (blocks still waiting get an error) and close the connection."""
@@ -146,11 +152,12 @@ class WriteBatcher:
         kept: list[_Block] = []
         opened = time.monotonic()
         try:
-            await conn.begin()
-            for block in _drain(taken, self._queue, opened=opened):
-                if await self._lend(conn, block):
-                    kept.append(block)
-            await conn.commit()
+            async with self._turn():
+                await conn.begin()
+                for block in _drain(taken, self._queue, opened=opened):
+                    if await self._lend(conn, block):
+                        kept.append(block)
+                await conn.commit()
         except Exception as exc:
             log.warning("group commit of %d write(s) failed: %s", len(kept), exc)
             with contextlib.suppress(Exception):
@@ -167,6 +174,9 @@ class WriteBatcher:
         self.largest = max(self.largest, len(taken))
         for block in kept:
             block.committed.set_result(None)
+
+    def _turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext() if self._turns is None else self._turns.async_turn()
 
     async def _lend(self, conn: AsyncConnection, block: _Block) -> bool:
         """Run one caller's block in a savepoint; True if it is kept (to be committed)."""
@@ -197,9 +207,12 @@ def _drain(
         yield block
 
 
-def batcher_for(engine: AsyncEngine, *, synchronous: Synchronous) -> WriteBatcher | None:
+def batcher_for(
+    engine: AsyncEngine, *, synchronous: Synchronous, turns: WriterTurns | None = None
+) -> WriteBatcher | None:
     """A group-commit writer for an SQLite file database; None for anything else."""
     url = engine.url
     if engine.dialect.name != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    return WriteBatcher.open(url.render_as_string(hide_password=False), synchronous=synchronous)
+    return WriteBatcher.open(url.render_as_string(hide_password=False), synchronous=synchronous,
+                             turns=turns)

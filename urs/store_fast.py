@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from msd.database import DatabaseError, Synchronous, open_database
 from msd.schema import Session, SessionRecord
-from msd.sqlite_thread import SqliteThread
+from msd.sqlite_thread import SqliteThread, WriterTurns
 from msd.writebatch import WriteBatcher, batcher_for
 from urs.errors import IdTakenError, StoreError
 from urs.store import SessionStore, _record, hash_token, metadata, sessions
@@ -93,13 +93,14 @@ async def open_store(url: str) -> SessionStore:
         engine = await open_database(url, metadata=metadata, synchronous=SYNCHRONOUS)
     except DatabaseError as exc:
         raise StoreError(str(exc)) from exc
-    writes = batcher_for(engine, synchronous=SYNCHRONOUS)
+    turns = WriterTurns()  # the fast writer and the async one take turns, never fight
+    writes = batcher_for(engine, synchronous=SYNCHRONOUS, turns=turns)
     if writes is None:
         return SessionStore(engine)
     database = engine.url.render_as_string(hide_password=False)
     return FastSessionStore(
         engine, writes=writes,
         sync_writes=SqliteThread(database, synchronous=SYNCHRONOUS, writer=True,
-                                 name="urs-sqlite-write"),
+                                 name="urs-sqlite-write", turns=turns),
         sync_reads=SqliteThread(database, synchronous=SYNCHRONOUS, writer=False,
                                 name="urs-sqlite-read"))

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from msd.database import open_database
+from msd.sqlite_thread import WriterTurns
 from msd.writebatch import MAX_BATCH, WriteBatcher, batcher_for
 
 metadata = sa.MetaData()
@@ -121,3 +122,19 @@ async def test_only_sqlite_files_get_a_batcher(tmp_path: Path) -> None:
     assert "idle" in repr(writes)
     await writes.close()
     await engine.dispose()
+
+
+async def test_the_thread_writer_waits_its_turn_and_lets_a_waiting_async_writer_first() -> None:
+    turns = WriterTurns()
+    order: list[str] = []
+
+    def thread_write(name: str) -> None:
+        with turns.thread_turn():
+            order.append(name)
+
+    async with turns.async_turn():
+        job = asyncio.create_task(asyncio.to_thread(thread_write, "thread"))
+        await asyncio.sleep(0.05)
+        order.append("async")
+    await job
+    assert order == ["async", "thread"]
