@@ -1,14 +1,18 @@
-"""The benchmark's pure parts: the latency histogram and the /proc parsers."""
+"""The benchmark's parts without a hierarchy: histogram, /proc parsers, the load driver."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
+import time
+from typing import Any
 
 import pytest
 
 from client.histogram import Histogram, merged
+from client.loadgen import Op, Plan, RequestFailed, drive
 from client.procinfo import (
     listening_inodes,
     listening_pid,
@@ -79,3 +83,36 @@ def test_this_process_is_found_by_its_listening_port() -> None:
         assert listening_pid(port) == os.getpid()
     usage = read_usage(os.getpid())
     assert usage.rss_kb > 1000 and usage.cpu_s > 0
+
+
+async def _sleepy(number: int) -> int:
+    await asyncio.sleep(0.01)
+    return number % 2  # every other "search" finds nothing
+
+
+def _plan(**options: Any) -> Plan:
+    return Plan(op=Op.SEARCH, endpoints=(), worker=0, run_tag="t", vocabulary=("a",),
+                **options)
+
+
+async def test_open_loop_sends_at_the_rate_and_counts_only_the_window() -> None:
+    plan = _plan(warmup_s=0.2, seconds=0.5, rate=100.0, concurrency=None)
+    outcome = await drive(_sleepy, plan=plan, start_at=time.monotonic())
+    assert outcome.sent == 70  # 0.7 s at 100/s, warm-up included
+    assert outcome.ok == 50 and outcome.errors == 0  # the counted half second
+    assert outcome.empty == 25
+    assert 10 <= outcome.histogram.quantile(0.5) < 200  # from when each was due
+
+
+async def test_closed_loop_keeps_the_concurrency_and_counts_failures() -> None:
+    async def flaky(number: int) -> int:
+        await asyncio.sleep(0.005)
+        if number % 10 == 0:
+            raise RequestFailed("MSD answered 503")
+        return 1
+
+    outcome = await drive(flaky, plan=_plan(warmup_s=0.0, seconds=0.3, concurrency=4),
+                          start_at=time.monotonic())
+    assert outcome.ok > 20 and outcome.errors > 0
+    assert outcome.error_kinds == {"MSD answered 503": outcome.errors}
+    assert outcome.sent >= outcome.ok + outcome.errors
