@@ -106,7 +106,7 @@ class SessionRoutes:
             record = await self._fetch_from_urs(session_id)
         result = await service.register(record, wait=body.get("wait") is True)
         log.debug("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
-                 record.scope.value)
+                  record.scope.value)
         return result
 
     async def search(self, request: web.Request) -> dict[str, Any]:
