@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from client.bench import add_parser as add_bench_parser
+from client.bench import run as run_bench_command
 from client.errors import ClientError
+from client.eventloop import serve
 from client.ops_commands import COMMANDS as OPS_COMMANDS
 from client.ops_commands import add_parsers as add_ops_parsers
 from client.resolve import DEFAULT_TIMEOUT_S, format_table, resolve, resolve_sdp
@@ -206,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "latency.png (min/median/mean/max against the domains)")
     _scale_parser(experiments)
     _stability_parser(experiments)
+    add_bench_parser(commands)
     return parser
 
 
@@ -320,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_ops_command(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
+        if args.command == "bench":
+            return run_bench_command(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
         print(f"mdns: {exc}", file=sys.stderr)
         return 1
@@ -361,7 +367,7 @@ def _up(args: argparse.Namespace) -> int:
             raise ClientError("--order takes domain numbers, e.g. 10,4,5")
         order = [int(n) for n in numbers]
         delays = list(_floats(args.delays, what="--delays") or [5.0] * max(order))
-    asyncio.run(run_up(
+    serve(run_up(
         args.directory,
         data_dir=args.data_dir,
         multicast_mode=args.multicast_mode,
@@ -536,7 +542,7 @@ def _msd(args: argparse.Namespace) -> int:
         hierarchy_key = args.hierarchy_key_file.read_bytes().strip()
     except OSError as exc:
         raise ClientError(f"cannot read a key file: {exc}") from None
-    asyncio.run(run_daemon(
+    serve(run_daemon(
         urs_url=args.urs[0].rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         urs_fallbacks=tuple(url.rstrip("/") for url in args.urs[1:]),
         interface=args.interface, port=args.port, priority=args.priority,

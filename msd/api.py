@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from msd.errors import MsdError
+from msd.inprocess import InProcessSearch
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.query import WITHIN_MAX_KM
 from msd.relay import AUTH_HEADER, Overloaded, RoutingFailed, authentic
@@ -108,8 +109,8 @@ class SessionRoutes:
                                "with this domain's URS")
             record = await self._fetch_from_urs(session_id)
         result = await service.register(record, wait=body.get("wait") is True)
-        log.info("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
-                 record.scope.value)
+        log.debug("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
+                  record.scope.value)
         return result
 
     async def search(self, request: web.Request) -> dict[str, Any]:
@@ -125,7 +126,8 @@ class SessionRoutes:
         if self._search_client is None:
             node = service.node()
             self._search_client = SearchClient(home=service.domain, dns_server=None,
-                                               http=self._http())
+                                               http=self._http(),
+                                               in_process=InProcessSearch(service))
             self._search_client.set_home_msd(f"http://{node.address.host}:{node.address.port}")
         try:
             hits = await self._search_client.search(text)

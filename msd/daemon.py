@@ -43,6 +43,7 @@ from msd.relay import Delay, RoutingFailed
 from msd.replay import ReplayGuard
 from msd.sessions import SessionService
 from msd.store import MsdStore
+from msd.store_fast import open_store
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class MsdDaemon:
             self.bootstrap = bootstrap
             self.domain = self.bootstrap["domain"]
             if self.settings.database_url:
-                self.store = await MsdStore.open(self.settings.database_url)
+                self.store = await open_store(self.settings.database_url)
                 self.sessions = SessionService(
                     domain=self.domain, store=self.store, http=self._http,
                     node=lambda: self.node, clock=time.time,
