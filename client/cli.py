@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from client.bench import add_parser as add_bench_parser
+from client.bench import run as run_bench_command
 from client.errors import ClientError
+from client.eventloop import serve
 from client.fuzz import add_parser as add_fuzz_parser
 from client.fuzz import run as run_fuzz
 from client.key_commands import add_parsers as add_key_parsers
@@ -244,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "latency.png (min/median/mean/max against the domains)")
     _scale_parser(experiments)
     _stability_parser(experiments)
+    add_bench_parser(commands)
     return parser
 
 
@@ -362,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_fuzz(args, out=sys.stdout)
         if args.command == "experiment":
             return _experiment(args, out=sys.stdout)
+        if args.command == "bench":
+            return run_bench_command(args, out=sys.stdout)
     except (ClientError, UrsError, VdnsError, MsdError) as exc:
         print(f"mdns: {exc}", file=sys.stderr)
         return 1
@@ -403,7 +409,7 @@ def _up(args: argparse.Namespace) -> int:
             raise ClientError("--order takes domain numbers, e.g. 10,4,5")
         order = [int(n) for n in numbers]
         delays = list(_floats(args.delays, what="--delays") or [5.0] * max(order))
-    asyncio.run(run_up(
+    serve(run_up(
         args.directory,
         data_dir=args.data_dir,
         multicast_mode=args.multicast_mode,
@@ -595,7 +601,7 @@ def _msd(args: argparse.Namespace) -> int:
                                  body_timeout_s=args.body_timeout)
     except ValueError as exc:
         raise ClientError(f"limits: {exc}") from None
-    asyncio.run(run_daemon(
+    serve(run_daemon(
         urs_url=args.urs[0].rstrip("/"), msd_key=msd_key, hierarchy_key=hierarchy_key,
         urs_fallbacks=tuple(url.rstrip("/") for url in args.urs[1:]),
         domain_key=domain_key, pinned_keys=pinned, known_keys_file=args.known_keys,

@@ -18,24 +18,46 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from client.errors import ClientError
 from msd.cache import Redirect, RedirectCache
+from msd.errors import MsdError
 from msd.gazetteer import OfflineGazetteer, resolve_near
 from msd.geo import distance_km
+from msd.inprocess import OwnerRecords
 from msd.keyspace import KeyRange, key_of, shadow_of
 from msd.matching import Hit, evaluate
 from msd.query import Query, parse, positive_keywords
-from msd.relay import Delay
+from msd.relay import Delay, RoutingFailed
 from msd.schema import Scope, SessionRecord
 from msd.sessions import Search
 from urs.locate import LocateError, UrsEndpoint, UrsLocation, locate_urs, with_failover
 
 CACHE_CAPACITY = 10_000
 REQUEST_TIMEOUT_S = 3.0
+
+
+class InProcessMsd(Protocol):
+    """An MSD running in this very process (one searching for its callers, GET /search):
+    the search asks it by a call instead of an HTTP request to itself. Errors are
+    MsdErrors, as its HTTP routes would have answered them (msd.inprocess)."""
+
+    def answers_at(self, base_url: str) -> bool:
+        """Whether `http://host:port` is this MSD."""
+
+    async def local_records(self, search: Search) -> list[SessionRecord]:
+        """GET /msd/local-search."""
+
+    async def probe_records(
+        self, key: int, *, search: Search | None
+    ) -> tuple[dict[str, Any], OwnerRecords | None]:
+        """POST /msd/probe: the redirect, and the owner's records when `search` was given."""
+
+    async def ext_records(self, search: Search) -> OwnerRecords | None:
+        """POST /msd/ext-search; None for ext-search-invalid."""
 
 
 class _Invalid(Exception):
@@ -48,14 +70,6 @@ class _Unreachable(Exception):
 
 class RouteFailed(ClientError):
     """The home MSD could not reach the owner of a key (502: a hop or the owner is down)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Answer:
-    """An owner's records for one keyword; not `complete` while it restores its range."""
-
-    records: list[SessionRecord]
-    complete: bool = True
 
 
 @dataclasses.dataclass
@@ -74,9 +88,10 @@ class SearchClient:
     def __init__(
         self, *, home: str, dns_server: tuple[str, int] | None,
         http: aiohttp.ClientSession, cache: RedirectCache | None = None,
-        delay: Delay | None = None,
+        delay: Delay | None = None, in_process: InProcessMsd | None = None,
     ) -> None:
         self.home = home
+        self._in_process = in_process  # asked by call when a URL is its own
         self._delay = delay  # injected per message to or from another domain (experiments)
         self.dns_server = dns_server
         self._http = http
@@ -132,6 +147,12 @@ class SearchClient:
         return list(found.values())
 
     async def _local(self, search: Search) -> list[SessionRecord]:
+        msd = await self.home_msd()
+        if self._in_process is not None and self._in_process.answers_at(msd):
+            try:
+                return await self._in_process.local_records(search)
+            except MsdError as exc:
+                raise ClientError(f"{msd}/msd/local-search: {exc}") from None
         params: dict[str, str] = {"keyword": search.keyword}
         if search.near is not None:
             params |= {"near": f"{search.near[0]},{search.near[1]}",
@@ -170,7 +191,7 @@ class SearchClient:
 
     async def _owner(
         self, search: Search, key: int, *, cache: bool = True
-    ) -> _Answer | None:
+    ) -> OwnerRecords | None:
         """The answer of `key`'s owner for `search` (redirect cache, msd-probe, ext-search,
         one more probe after ext-search-invalid); None if the owner does not answer."""
         for _ in range(2):
@@ -197,26 +218,40 @@ class SearchClient:
 
     async def _probe(
         self, key: int, *, search: Search | None = None
-    ) -> tuple[Redirect, _Answer | None]:
+    ) -> tuple[Redirect, OwnerRecords | None]:
         """The owner's redirect and, when `search` was given and the owner could answer it,
         its records for that keyword (msd-probe-reply carrying the ext-search answer)."""
         self.stats.probes += 1
+        msd = await self.home_msd()
+        if self._in_process is not None and self._in_process.answers_at(msd):
+            try:
+                answer, found = await self._in_process.probe_records(key, search=search)
+            except RoutingFailed as exc:
+                raise RouteFailed(f"{msd}/msd/probe: {exc}") from None
+            except MsdError as exc:
+                raise ClientError(f"{msd}/msd/probe: {exc}") from None
+            return _redirect(answer), found
         body: dict[str, Any] = {"key": f"{key:032x}"}
         if search is not None:
             body |= search.to_json()
         answer = await self._at_home("POST", "/msd/probe", json=body)
-        host, _, port = str(answer["address"]).rpartition(":")
-        owned = KeyRange.from_json([answer["start"], answer["end"]])
-        redirect = Redirect(domain=answer["owner"], host=host, port=int(port),
-                            start=owned.start, end=owned.end, term=int(answer.get("term", 0)))
         sessions = answer.get("sessions")
         if sessions is None:
-            return redirect, None
-        return redirect, _Answer([_record(s) for s in sessions],
-                                 complete=answer.get("complete") is not False)
+            return _redirect(answer), None
+        return _redirect(answer), OwnerRecords([_record(s) for s in sessions],
+                                               complete=answer.get("complete") is not False)
 
-    async def _ext_search(self, redirect: Redirect, search: Search) -> _Answer:
-        url = f"http://{redirect.host}:{redirect.port}/msd/ext-search"
+    async def _ext_search(self, redirect: Redirect, search: Search) -> OwnerRecords:
+        owner = f"http://{redirect.host}:{redirect.port}"
+        if self._in_process is not None and self._in_process.answers_at(owner):
+            try:
+                found = await self._in_process.ext_records(search)
+            except MsdError:
+                raise _Unreachable() from None
+            if found is None:
+                raise _Invalid()
+            return found
+        url = f"{owner}/msd/ext-search"
         delay = self._delay if redirect.domain != self.home else None
         for attempt in (1, 2):
             try:
@@ -233,8 +268,8 @@ class SearchClient:
                     answer = await response.json()
                     if delay is not None:
                         await delay(redirect.domain)  # and so does the answer
-                    return _Answer([_record(s) for s in answer["sessions"]],
-                                   complete=answer.get("complete") is not False)
+                    return OwnerRecords([_record(s) for s in answer["sessions"]],
+                                        complete=answer.get("complete") is not False)
             except aiohttp.ServerDisconnectedError:
                 if attempt == 2:
                     raise _Unreachable() from None
@@ -311,6 +346,14 @@ def _search(keyword: str, query: Query) -> Search:
     if isinstance(query.near, tuple):
         return Search(keyword, near=query.near, within_km=query.within_km)
     return Search(keyword)
+
+
+def _redirect(answer: dict[str, Any]) -> Redirect:
+    """The owner's redirect from an msd-probe answer."""
+    host, _, port = str(answer["address"]).rpartition(":")
+    owned = KeyRange.from_json([answer["start"], answer["end"]])
+    return Redirect(domain=answer["owner"], host=host, port=int(port), start=owned.start,
+                    end=owned.end, term=int(answer.get("term", 0)))
 
 
 def _record(data: dict[str, Any]) -> SessionRecord:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import ClientError
+from client.eventloop import serve
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ def database_url(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "urs":
-        asyncio.run(_urs(args))
+        serve(_urs(args))
     else:
-        asyncio.run(_dns(args))
+        serve(_dns(args))
     return 0
 
 

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from msd.errors import MsdError
 from msd.http_limits import BodyTimeout, BodyTooLarge, ClientGone, read_body
+from msd.inprocess import InProcessSearch
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.query import WITHIN_MAX_KM
 from msd.ratelimit import RateLimit, TokenBuckets, retry_after
@@ -194,8 +195,8 @@ class SessionRoutes:
                                "with this domain's URS")
             record = await self._fetch_from_urs(session_id)
         result = await service.register(record, wait=body.get("wait") is True)
-        log.info("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
-                 record.scope.value)
+        log.debug("registered %s (%d keywords, %s scope)", record.uri, len(record.keywords),
+                  record.scope.value)
         return result
 
     async def search(self, request: web.Request) -> dict[str, Any]:
@@ -211,7 +212,8 @@ class SessionRoutes:
         if self._search_client is None:
             node = service.node()
             self._search_client = SearchClient(home=service.domain, dns_server=None,
-                                               http=self._http())
+                                               http=self._http(),
+                                               in_process=InProcessSearch(service))
             self._search_client.set_home_msd(f"http://{node.address.host}:{node.address.port}")
         try:
             hits = await self._search_client.search(text)

@@ -49,6 +49,7 @@ from msd.relay import Delay, RelayAuth, RoutingFailed
 from msd.replay import ReplayGuard
 from msd.sessions import SessionService
 from msd.store import MsdStore
+from msd.store_fast import open_store
 from msd.trust import UrsKeys, is_introducer, open_keyring
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class MsdDaemon:
                                   clock_ms=lambda: int(time.time() * 1000))
             self.urs_keys.update(self.bootstrap)
             if self.settings.database_url:
-                self.store = await MsdStore.open(self.settings.database_url)
+                self.store = await open_store(self.settings.database_url)
                 self.sessions = SessionService(
                     domain=self.domain, store=self.store, http=self._http,
                     node=lambda: self.node, clock=time.time, auth=self.auth,

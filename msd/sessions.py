@@ -14,6 +14,7 @@ an owner whose range moved answers `ext-search-invalid`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -30,7 +31,7 @@ from msd.messages import Peer
 from msd.mirror import Mirror
 from msd.relay import Delay, Relay, RelayAuth, RoutingFailed
 from msd.schema import Scope, SessionRecord
-from msd.store import MsdStore, NearRecord
+from msd.store import HeldRecord, MsdStore, NearRecord
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,27 @@ class SessionService:
 
     async def route_record(self, record: SessionRecord) -> list[dict[str, Any]]:
         """remote-register every keyword, to its owner and its shadow owner, concurrently."""
+        routes = [(k, s) for k in record.keywords for s in (False, True)]
+        # The records this MSD owns go into one transaction, not one each.
+        own = [(k, s) for k, s in routes if self._owns(k, shadow=s)]
+        remote = [route for route in routes if route not in own]
+
+        async def store_own() -> str:
+            held = [HeldRecord(keyword, shadow, record, self.domain) for keyword, shadow in own]
+            async with self._global_write():
+                await self.store.put_global_many(held, now=self._clock())
+            return self.domain
+
         jobs = [self.remote_register(keyword, record, shadow=shadow, origin=self.domain)
-                for keyword in record.keywords for shadow in (False, True)]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+                for keyword, shadow in remote]
+        gathered = await asyncio.gather(*jobs, *([store_own()] if own else []),
+                                        return_exceptions=True)
+        by_route = dict(zip(remote, gathered, strict=False))
+        if own:
+            by_route |= dict.fromkeys(own, gathered[-1])
+        results = [by_route[route] for route in routes]
         report = []
-        for (keyword, shadow), result in zip(
-            ((k, s) for k in record.keywords for s in (False, True)), results, strict=True
-        ):
+        for (keyword, shadow), result in zip(routes, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, MsdError | aiohttp.ClientError | TimeoutError):
                     raise result
@@ -170,12 +185,17 @@ class SessionService:
     async def _store_global(
         self, keyword: str, record: SessionRecord, *, shadow: bool, origin: str
     ) -> None:
-        # One at a time: the records of one session (its keywords, primary and shadow)
-        # arrive together and share its geo rows, which concurrent transactions on
-        # PostgreSQL would both try to replace (SQLite serializes writers anyway).
-        async with self._global_writes:
+        async with self._global_write():
             await self.store.put_global(keyword, record, shadow=shadow, origin=origin,
                                         now=self._clock())
+
+    def _global_write(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One global-record write at a time where transactions run concurrently
+        (PostgreSQL): the records of one session (its keywords, primary and shadow) arrive
+        together and share its geo rows, which concurrent transactions would both try to
+        replace. Not on SQLite: it runs one writer at a time anyway, and a lock here would
+        undo its group commit (msd.writebatch, msd.sqlite_thread)."""
+        return contextlib.nullcontext() if self.store.one_writer else self._global_writes
 
     # --- search ----------------------------------------------------------------------------
 
@@ -313,6 +333,13 @@ class SessionService:
                     raise
                 log.debug("%s of %032x failed, routing it afresh: %s", path, key, exc)
                 await asyncio.sleep(ORIGIN_RETRY_PAUSE_S)
+
+    def _owns(self, keyword: str, *, shadow: bool) -> bool:
+        """Whether this MSD holds the keyword's record (a failure: not known to be ours)."""
+        try:
+            return self.next_peer(_key(keyword, shadow=shadow), hops=()) is None
+        except MsdError:
+            return False  # remote_register meets the failure again and reports it
 
     def next_peer(self, key: int, *, hops: tuple[str, ...]) -> Peer | None:
         """The next hop towards the owner of `key`, None if we own it; RoutingFailed for a

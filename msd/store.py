@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -24,6 +25,7 @@ from msd.geo import Circle, GeoError, parse_cell_key, subcell_key
 from msd.keyspace import SPACE, key_of, shadow_of
 from msd.migrate import Schema
 from msd.schema import SessionRecord
+from msd.writebatch import WriteBatcher, batcher_for
 
 SEARCH_MAX = 1000  # records one keyword search returns at most
 NEAR_MAX = 1000  # sessions one geo lookup returns at most
@@ -35,6 +37,7 @@ BULK_BATCH = 500  # records put_global_many writes per transaction
 GEO_K = 2
 GEO_DEPTH = 5  # 1/32° ≈ 3.5 km at the equator, the dissertation's figure
 SQLITE_FILE = "msd.sqlite"
+PARSED_CACHE = 4096  # stored bodies kept parsed (a few MB): the records searches return
 
 _DOMAIN = re.compile(r"[a-z0-9_-][a-z0-9_.-]{0,252}")
 # 32 lower-case hex digits keep string order equal to numeric order; PostgreSQL must then
@@ -47,7 +50,9 @@ metadata = sa.MetaData()
 local_sessions = sa.Table(
     "local_sessions", metadata,
     sa.Column("domain", sa.String(253), primary_key=True),
-    sa.Column("uri", _URI, primary_key=True),
+    # Indexed on its own: keyword and geo rows join by URI alone, which the primary key
+    # (domain first) cannot serve; without it every local search scanned all sessions.
+    sa.Column("uri", _URI, primary_key=True, index=True),
     sa.Column("body", sa.Text, nullable=False),  # the SessionRecord as JSON
     sa.Column("scope", sa.String(16), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
@@ -81,7 +86,7 @@ geo_cells = sa.Table(
 LS, LK, GR, GC = local_sessions.c, local_keywords.c, global_records.c, geo_cells.c
 # Made by the Alembic revisions in msd/migrations/versions/ (docs/deploy.md, "Upgrades").
 SCHEMA = Schema(name="msd", metadata=metadata, migrations=Path(__file__).with_name("migrations"),
-                baseline="0001", marker_table="local_sessions", head="0001")
+                baseline="0001", marker_table="local_sessions", head="0002")
 
 
 class StoreError(MsdError):
@@ -141,8 +146,9 @@ def sqlite_url(data_dir: Path | str, domain: str) -> str:
 class MsdStore:
     """The domain's sessions and held records behind one SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, writes: WriteBatcher | None = None) -> None:
         self._engine = engine
+        self._writes = writes  # group commit on SQLite (msd.writebatch); None: engine.begin()
 
     def __repr__(self) -> str:
         return f"MsdStore({self._engine.url.render_as_string(hide_password=True)!r})"
@@ -159,10 +165,22 @@ class MsdStore:
             engine = await open_database(url, schema=SCHEMA, synchronous="NORMAL")
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
-        return cls(engine)
+        return cls(engine, writes=batcher_for(engine, synchronous="NORMAL"))
 
     async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.close()
         await self._engine.dispose()
+
+    def _begin(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction; on SQLite one savepoint of a group commit (msd.writebatch)."""
+        return self._engine.begin() if self._writes is None else self._writes.begin()
+
+    @property
+    def one_writer(self) -> bool:
+        """Whether the database runs one write transaction at a time (SQLite), so that two
+        writes of the same rows cannot interleave; PostgreSQL runs them concurrently."""
+        return self._engine.dialect.name == "sqlite"
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -175,11 +193,11 @@ class MsdStore:
                   "scope": str(record.scope), "expires_at": record.expires_at, "updated_at": now}
         keywords = [{"uri": record.uri, "keyword": keyword} for keyword in record.keywords]
         # One transaction, opened by the first write: a failure anywhere leaves the old version.
-        async with self._translate("put local"), self._engine.begin() as conn:
+        async with self._translate("put local"), self._begin() as conn:
             await _upsert(conn, local_sessions, values, keys=("domain", "uri"))
-            await conn.execute(sa.delete(local_keywords).where(LK.uri == record.uri))
+            await conn.execute(_UNKEY, {"uri": record.uri})
             if keywords:
-                await conn.execute(sa.insert(local_keywords), keywords)
+                await conn.execute(_KEY_ROWS, keywords)
             await _place(conn, record, kind=GeoKind.LOCAL)
 
     async def get_local(self, uri: str, *, now: float) -> SessionRecord | None:
@@ -191,7 +209,7 @@ class MsdStore:
 
     async def delete_local(self, uri: str) -> bool:
         """Remove a session with its keyword and geo rows; False if there was none."""
-        async with self._translate("delete local"), self._engine.begin() as conn:
+        async with self._translate("delete local"), self._begin() as conn:
             result = await conn.execute(sa.delete(local_sessions).where(LS.uri == uri))
             await conn.execute(sa.delete(local_keywords).where(LK.uri == uri))
             await conn.execute(sa.delete(geo_cells).where(GC.uri == uri, GC.kind == GeoKind.LOCAL))
@@ -201,12 +219,10 @@ class MsdStore:
         self, keyword: str, *, now: float, scope: str | None = None, limit: int = SEARCH_MAX
     ) -> list[SessionRecord]:
         """Unexpired sessions of this domain carrying `keyword`, optionally of one scope."""
-        query = (sa.select(LS.body).join(local_keywords, LK.uri == LS.uri)
-                 .where(LK.keyword == keyword, LS.expires_at > now)
-                 .order_by(LS.uri).limit(_check_limit(limit)))
-        if scope is not None:
-            query = query.where(LS.scope == scope)
-        return await self._bodies("search local", query)
+        params = {"keyword": keyword, "now": now, "limit": _check_limit(limit)}
+        if scope is None:
+            return await self._bodies("search local", _SEARCH_LOCAL, params)
+        return await self._bodies("search local", _SEARCH_LOCAL_SCOPE, params | {"scope": scope})
 
     async def search_local_near(
         self, keyword: str, *, near: tuple[float, float], within_km: float, now: float,
@@ -236,7 +252,7 @@ class MsdStore:
                   "key": key_hex(shadow_of(key) if shadow else key),
                   "body": record.model_dump_json(), "origin": origin,
                   "expires_at": record.expires_at, "updated_at": now}
-        async with self._translate("put global"), self._engine.begin() as conn:
+        async with self._translate("put global"), self._begin() as conn:
             await _upsert(conn, global_records, values, keys=("keyword", "uri", "shadow"))
             await _place(conn, record, kind=GeoKind.SHADOW if shadow else GeoKind.GLOBAL)
 
@@ -265,7 +281,7 @@ class MsdStore:
                     "body": record.model_dump_json(), "origin": origin,
                     "expires_at": record.expires_at, "updated_at": now}
                 placed[(record.uri, GeoKind.SHADOW if shadow else GeoKind.GLOBAL)] = record
-            async with self._translate("put global many"), self._engine.begin() as conn:
+            async with self._translate("put global many"), self._begin() as conn:
                 if keep_newer:
                     await _drop_older(conn, rows, placed)
                 await _upsert_many(conn, global_records, list(rows.values()),
@@ -277,10 +293,8 @@ class MsdStore:
         self, keyword: str, *, shadow: bool, now: float, limit: int = SEARCH_MAX
     ) -> list[SessionRecord]:
         """Unexpired records held for `keyword`: primaries, or shadows."""
-        query = (sa.select(GR.body)
-                 .where(GR.keyword == keyword, GR.shadow == shadow, GR.expires_at > now)
-                 .order_by(GR.uri).limit(_check_limit(limit)))
-        return await self._bodies("search global", query)
+        params = {"keyword": keyword, "shadow": shadow, "now": now, "limit": _check_limit(limit)}
+        return await self._bodies("search global", _SEARCH_GLOBAL, params)
 
     async def search_global_near(
         self, keyword: str, *, shadow: bool, near: tuple[float, float], within_km: float,
@@ -340,7 +354,7 @@ class MsdStore:
     async def delete_global(self, keyword: str, uri: str, *, shadow: bool) -> bool:
         """Remove one held record (and its geo row if it was the session's last); False if none."""
         match = (GR.keyword == keyword, GR.uri == uri, GR.shadow == shadow)
-        async with self._translate("delete global"), self._engine.begin() as conn:
+        async with self._translate("delete global"), self._begin() as conn:
             result = await conn.execute(sa.delete(global_records).where(*match))
             await _drop_orphan_cells(conn, [uri], shadow=shadow)
         return bool(result.rowcount)
@@ -377,7 +391,7 @@ class MsdStore:
         gone = 0
         for step in (_collect_local, _collect_global):
             while True:
-                async with self._translate("collect expired"), self._engine.begin() as conn:
+                async with self._translate("collect expired"), self._begin() as conn:
                     rows, batch = await step(conn, now=now)
                 gone += rows
                 if batch < COLLECT_BATCH:
@@ -421,9 +435,11 @@ class MsdStore:
                                 kept = sorted(kept)[:limit]
         return [NearRecord(_parse(body), km) for km, _uri, body in sorted(kept)[:limit]]
 
-    async def _bodies(self, operation: str, query: sa.Select[Any]) -> list[SessionRecord]:
+    async def _bodies(
+        self, operation: str, query: sa.Select[Any], params: dict[str, Any] | None = None
+    ) -> list[SessionRecord]:
         async with self._translate(operation), self._engine.connect() as conn:
-            bodies = (await conn.execute(query)).scalars().all()
+            bodies = (await conn.execute(query, params)).scalars().all()
         return [_parse(body) for body in bodies]
 
     @contextlib.asynccontextmanager
@@ -441,11 +457,8 @@ async def _upsert(
     changes = {name: value for name, value in values.items() if name not in keys}
     if conn.dialect.name in ("sqlite", "postgresql"):
         # One statement: two processes re-registering at once cannot both miss and both insert.
-        dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-        statement = dialect_insert(table).values(**values)
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[table.c[key] for key in keys],
-            set_={column: statement.excluded[column] for column in changes}))
+        await conn.execute(_upsert_statement(conn.dialect.name, table, tuple(values),
+                                             keys=tuple(keys)), values)
         return
     match = [table.c[key] == values[key] for key in keys]
     if (await conn.execute(sa.update(table).where(*match).values(**changes))).rowcount == 0:
@@ -462,12 +475,27 @@ async def _upsert_many(
         for values in rows:
             await _upsert(conn, table, values, keys=keys)
         return
-    dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-    statement = dialect_insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c[key] for key in keys],
-        set_={column: statement.excluded[column] for column in rows[0] if column not in keys})
-    await conn.execute(statement, rows)
+    await conn.execute(_upsert_statement(conn.dialect.name, table, tuple(rows[0]),
+                                         keys=tuple(keys)), rows)
+
+
+_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _upsert_statement(
+    dialect: str, table: sa.Table, columns: tuple[str, ...], *, keys: tuple[str, ...]
+) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE of `columns`, built once per shape and reused: building
+    it (and its cache key) anew cost more than running it."""
+    shape = (dialect, table.name, columns, keys)
+    statement = _UPSERTS.get(shape)
+    if statement is None:
+        insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        statement = insert.on_conflict_do_update(
+            index_elements=[table.c[key] for key in keys],
+            set_={column: insert.excluded[column] for column in columns if column not in keys})
+        _UPSERTS[shape] = statement
+    return statement
 
 
 async def _drop_older(
@@ -517,10 +545,26 @@ async def _collect_global(conn: AsyncConnection, *, now: float) -> tuple[int, in
 
 async def _place(conn: AsyncConnection, record: SessionRecord, *, kind: GeoKind) -> None:
     # A session has at most one cell per kind: moving it replaces the row.
-    await conn.execute(sa.delete(geo_cells).where(GC.uri == record.uri, GC.kind == kind))
+    await conn.execute(_UNPLACE, {"uri": record.uri, "kind": kind.value})
     if record.lat is not None and record.lon is not None:
         cell = geo_key(record.lat, record.lon)
-        await conn.execute(sa.insert(geo_cells).values(cell=cell, uri=record.uri, kind=kind))
+        await conn.execute(_PLACE, {"cell": cell, "uri": record.uri, "kind": kind.value})
+
+
+# Built once: the hot writes' statements (constructing one costs more than running it).
+_UNPLACE = sa.delete(geo_cells).where(GC.uri == sa.bindparam("uri"),
+                                      GC.kind == sa.bindparam("kind"))
+_PLACE = sa.insert(geo_cells)
+_SEARCH_LOCAL = (sa.select(LS.body).join(local_keywords, LK.uri == LS.uri)
+                 .where(LK.keyword == sa.bindparam("keyword"), LS.expires_at > sa.bindparam("now"))
+                 .order_by(LS.uri).limit(sa.bindparam("limit")))
+_SEARCH_LOCAL_SCOPE = _SEARCH_LOCAL.where(LS.scope == sa.bindparam("scope"))
+_SEARCH_GLOBAL = (sa.select(GR.body)
+                  .where(GR.keyword == sa.bindparam("keyword"), GR.shadow == sa.bindparam("shadow"),
+                         GR.expires_at > sa.bindparam("now"))
+                  .order_by(GR.uri).limit(sa.bindparam("limit")))
+_UNKEY = sa.delete(local_keywords).where(LK.uri == sa.bindparam("uri"))
+_KEY_ROWS = sa.insert(local_keywords)
 
 
 async def _place_many(
@@ -619,6 +663,14 @@ def _check_limit(limit: int) -> int:
 
 def _parse(body: str) -> SessionRecord:
     try:
-        return SessionRecord.model_validate_json(body)
+        return _decoded(body)
     except ValidationError as exc:
         raise StoreError(f"a stored record is not a valid session: {exc}") from None
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE)
+def _decoded(body: str) -> SessionRecord:
+    # A body is the whole record (its expiry and update time included), so equal text is an
+    # equal record: searches answer the same sessions again and again without re-validating.
+    # Records are frozen models; nobody changes a cached one.
+    return SessionRecord.model_validate_json(body)

@@ -37,7 +37,7 @@ from urs.indexing import MsdIndexer
 from urs.metrics import UrsMetrics
 from urs.search import UrsSearch
 from urs.settings import UrsSettings
-from urs.store import SessionStore
+from urs.store_fast import open_store
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ async def serve(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
     settings = context.settings
-    store = await SessionStore.open(settings.database_url)
+    store = await open_store(settings.database_url)  # SQLite: urs.store_fast
     try:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.parent_timeout_s)

@@ -35,11 +35,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from msd.database import DatabaseError, open_database
 from msd.migrate import Schema
 from msd.schema import Session, SessionRecord
+from msd.writebatch import WriteBatcher, batcher_for
 from urs.errors import (
     IdTakenError,
     SessionNotFoundError,
@@ -142,8 +143,9 @@ def session_uri(domain: str, session_id: str) -> str:
 class SessionStore:
     """Sessions and soft state behind one SQLAlchemy async engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, writes: WriteBatcher | None = None) -> None:
         self._engine = engine
+        self._writes = writes  # group commit on SQLite (msd.writebatch); None: engine.begin()
 
     def __repr__(self) -> str:
         return f"SessionStore({self._engine.url.render_as_string(hide_password=True)!r})"
@@ -155,10 +157,17 @@ class SessionStore:
             engine = await open_database(url, schema=SCHEMA, synchronous="FULL")
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
-        return cls(engine)
+        return cls(engine, writes=batcher_for(engine, synchronous="FULL"))
 
     async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.close()
         await self._engine.dispose()
+
+    def _begin(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction; on SQLite one savepoint of a group commit (msd.writebatch):
+        it returns once its batch is committed (synchronous=FULL), as durable as alone."""
+        return self._engine.begin() if self._writes is None else self._writes.begin()
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
@@ -180,7 +189,7 @@ class SessionStore:
             "expires_at": now + session.ttl,
         }
         try:
-            async with self._translate("create"), self._engine.begin() as conn:
+            async with self._translate("create"), self._begin() as conn:
                 # An expired session frees its id; both statements share one transaction,
                 # so two creators racing for that id cannot both win.
                 await conn.execute(
@@ -284,7 +293,7 @@ class SessionStore:
             )
             .values(body=body, updated_at=now, expires_at=now + session.ttl)
         )
-        async with self._translate("replace"), self._engine.begin() as conn:
+        async with self._translate("replace"), self._begin() as conn:
             result = await conn.execute(statement)
         if result.rowcount != 1:
             raise SessionNotFoundError(f"no session {session_uri(domain, session.id)}")
@@ -292,7 +301,7 @@ class SessionStore:
 
     async def purge_expired(self, *, now: float) -> int:
         """Delete expired sessions (and expired soft state); return how many sessions went."""
-        async with self._translate("purge"), self._engine.begin() as conn:
+        async with self._translate("purge"), self._begin() as conn:
             result = await conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
             # The designated row stays after it expires (one row per domain): its term is the
             # floor for the next claim, so a restarted domain never reuses an old term.
@@ -314,7 +323,7 @@ class SessionStore:
         """Record the designated MSD unless an unexpired entry carries a higher term."""
         values = dataclasses.asdict(entry) | {"updated_at": now}
         try:
-            async with self._translate("set designated"), self._engine.begin() as conn:
+            async with self._translate("set designated"), self._begin() as conn:
                 # One conditional UPDATE, then INSERT if there was no row: atomic per statement.
                 result = await conn.execute(
                     update(designated)
@@ -338,7 +347,7 @@ class SessionStore:
     async def set_member(self, domain: str, member: Member) -> None:
         """Insert or refresh one MSD daemon's entry."""
         values = dataclasses.asdict(member)
-        async with self._translate("set member"), self._engine.begin() as conn:
+        async with self._translate("set member"), self._begin() as conn:
             result = await conn.execute(
                 update(msd_members)
                 .where(msd_members.c.domain == domain, msd_members.c.msd_id == member.msd_id)

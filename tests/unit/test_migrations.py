@@ -130,7 +130,7 @@ def _mdns(*argv: str) -> subprocess.CompletedProcess[str]:
 async def test_mdns_db_upgrade_in_parallel_processes_then_current(database: Database) -> None:
     before = await asyncio.to_thread(_mdns, "db", "current", "--database", database.url)
     assert before.returncode == 0, before.stderr
-    assert before.stdout.splitlines() == ["urs: none (head is 0001)", "msd: none (head is 0001)"]
+    assert before.stdout.splitlines() == ["urs: none (head is 0001)", "msd: none (head is 0002)"]
 
     def upgrade() -> subprocess.CompletedProcess[str]:
         return _mdns("db", "upgrade", "--database", database.url)
@@ -138,11 +138,11 @@ async def test_mdns_db_upgrade_in_parallel_processes_then_current(database: Data
     results = await asyncio.gather(*(asyncio.to_thread(upgrade) for _ in range(4)))
     assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
     changed = [line for r in results for line in r.stdout.splitlines() if "from nothing" in line]
-    assert sorted(changed) == ["msd: 0001 (from nothing; head 0001)",
+    assert sorted(changed) == ["msd: 0002 (from nothing; head 0002)",
                                "urs: 0001 (from nothing; head 0001)"]  # each exactly once
     after = await asyncio.to_thread(_mdns, "db", "current", "--database", database.url,
                                     "--schema", "msd")
-    assert after.stdout.splitlines() == ["msd: 0001 (head)"]
+    assert after.stdout.splitlines() == ["msd: 0002 (head)"]
 
 
 def test_mdns_db_names_a_bad_url_in_one_line() -> None:

@@ -442,3 +442,9 @@ async def test_a_corrupt_stored_body_is_a_store_error(
     await database.execute("UPDATE local_sessions SET body = '{\"id\": 1}'")
     with pytest.raises(StoreError, match="not a valid session"):
         await store.search_local("jazz", now=clock.now)
+
+
+async def test_one_writer_only_on_sqlite(store: MsdStore, database: Database) -> None:
+    # The session service serializes held-record writes only where transactions run
+    # concurrently; on SQLite that would undo the group commit.
+    assert store.one_writer == (database.backend == "sqlite")
