@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import socket
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -123,7 +123,8 @@ class _Guarded(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport, though uvloop's does not subclass asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
