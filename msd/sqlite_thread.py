@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -31,8 +32,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from msd.database import SQLITE_BUSY_TIMEOUT_MS, Synchronous
+from msd.writebatch import WriteBatcher, batcher_for
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,32 @@ class SqliteThread:
 
     def _close(self) -> None:
         self._reset()
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPaths:
+    """A store's one-hop SQLite paths: group-committed async writes, and a writer and a
+    reader thread on the synchronous driver (the writers take turns)."""
+
+    writes: WriteBatcher
+    sync_writes: SqliteThread
+    sync_reads: SqliteThread
+
+
+def fast_paths(engine: AsyncEngine, *, synchronous: Synchronous, name: str) -> FastPaths | None:
+    """The fast paths of an SQLite file database (threads named `name`-sqlite-...); None
+    for any other database, which keeps to the async path."""
+    turns = WriterTurns()  # the fast writer and the async one take turns, never fight
+    writes = batcher_for(engine, synchronous=synchronous, turns=turns)
+    if writes is None:
+        return None
+    database = engine.url.render_as_string(hide_password=False)
+    return FastPaths(
+        writes,
+        SqliteThread(database, synchronous=synchronous, writer=True,
+                     name=f"{name}-sqlite-write", turns=turns),
+        SqliteThread(database, synchronous=synchronous, writer=False,
+                     name=f"{name}-sqlite-read"))
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from msd.database import DatabaseError, Synchronous, open_database
 from msd.keyspace import key_of, shadow_of
 from msd.schema import SessionRecord
-from msd.sqlite_thread import SqliteThread, WriterTurns
+from msd.sqlite_thread import SqliteThread, fast_paths
 from msd.store import (
     _KEY_ROWS,
     _PLACE,
@@ -48,7 +48,7 @@ from msd.store import (
     key_hex,
     local_sessions,
 )
-from msd.writebatch import WriteBatcher, batcher_for
+from msd.writebatch import WriteBatcher
 
 SYNCHRONOUS: Synchronous = "NORMAL"  # as MsdStore.open: a commit survives a killed process
 
@@ -142,17 +142,11 @@ async def open_store(url: str) -> MsdStore:
         engine = await open_database(url, schema=SCHEMA, synchronous=SYNCHRONOUS)
     except DatabaseError as exc:
         raise StoreError(str(exc)) from exc
-    turns = WriterTurns()  # the fast writer and the async one take turns, never fight
-    writes = batcher_for(engine, synchronous=SYNCHRONOUS, turns=turns)
-    if writes is None:
+    paths = fast_paths(engine, synchronous=SYNCHRONOUS, name="msd")
+    if paths is None:
         return MsdStore(engine)
-    database = engine.url.render_as_string(hide_password=False)
-    return FastMsdStore(
-        engine, writes=writes,
-        sync_writes=SqliteThread(database, synchronous=SYNCHRONOUS, writer=True,
-                                 name="msd-sqlite-write", turns=turns),
-        sync_reads=SqliteThread(database, synchronous=SYNCHRONOUS, writer=False,
-                                name="msd-sqlite-read"))
+    return FastMsdStore(engine, writes=paths.writes, sync_writes=paths.sync_writes,
+                  sync_reads=paths.sync_reads)
 
 
 def _place_row(record: SessionRecord, kind: GeoKind) -> dict[str, str] | None:

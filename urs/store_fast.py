@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from msd.database import DatabaseError, Synchronous, open_database
 from msd.schema import Session, SessionRecord
-from msd.sqlite_thread import SqliteThread, WriterTurns
-from msd.writebatch import WriteBatcher, batcher_for
+from msd.sqlite_thread import SqliteThread, fast_paths
+from msd.writebatch import WriteBatcher
 from urs.errors import IdTakenError, StoreError
 from urs.store import SCHEMA, SessionStore, _record, hash_token, sessions
 
@@ -93,14 +93,8 @@ async def open_store(url: str) -> SessionStore:
         engine = await open_database(url, schema=SCHEMA, synchronous=SYNCHRONOUS)
     except DatabaseError as exc:
         raise StoreError(str(exc)) from exc
-    turns = WriterTurns()  # the fast writer and the async one take turns, never fight
-    writes = batcher_for(engine, synchronous=SYNCHRONOUS, turns=turns)
-    if writes is None:
+    paths = fast_paths(engine, synchronous=SYNCHRONOUS, name="urs")
+    if paths is None:
         return SessionStore(engine)
-    database = engine.url.render_as_string(hide_password=False)
-    return FastSessionStore(
-        engine, writes=writes,
-        sync_writes=SqliteThread(database, synchronous=SYNCHRONOUS, writer=True,
-                                 name="urs-sqlite-write", turns=turns),
-        sync_reads=SqliteThread(database, synchronous=SYNCHRONOUS, writer=False,
-                                name="urs-sqlite-read"))
+    return FastSessionStore(engine, writes=paths.writes, sync_writes=paths.sync_writes,
+                  sync_reads=paths.sync_reads)
