@@ -65,9 +65,10 @@ class FastMsdStore(MsdStore):
         self._sync_reads = sync_reads
 
     async def close(self) -> None:
+        # The async writer first: stopping it gives up its turn, which the thread may await.
+        await super().close()
         await self._sync_writes.close()
         await self._sync_reads.close()
-        await super().close()
 
     async def put_local(self, record: SessionRecord, *, now: float) -> None:
         values = {"domain": record.domain, "uri": record.uri, "body": record.model_dump_json(),

@@ -47,9 +47,10 @@ class FastSessionStore(SessionStore):
         self._sync_reads = sync_reads
 
     async def close(self) -> None:
+        # The async writer first: stopping it gives up its turn, which the thread may await.
+        await super().close()
         await self._sync_writes.close()
         await self._sync_reads.close()
-        await super().close()
 
     async def create(
         self, domain: str, session: Session, *, token: str, now: float

@@ -8,7 +8,6 @@ a task cancelled without a goodbye.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -20,6 +19,7 @@ from msd.daemon import MsdDaemon, MsdSettings
 from msd.http_limits import HttpLimits
 from msd.keys import load_private_key, read_key_file
 from msd.relay import Delay
+from vdns.errors import VdnsError
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,13 @@ class _Daemon:
             await self.process.wait()
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            # Bounded: a daemon whose shutdown hangs must fail the caller, not hang it.
+            done, _ = await asyncio.wait({self.task}, timeout=STOP_GRACE_S)
+            if not done:
+                raise VdnsError(f"MSD {self.domain} #{self.index} did not stop within "
+                                f"{STOP_GRACE_S:g} s of being cancelled")
+            if not self.task.cancelled():
+                self.task.exception()  # retrieved: a daemon that failed is dead all the same
 
     async def stop(self) -> None:
         """Stop cleanly: SIGTERM (SIGKILL after a grace period), or the stop event."""
