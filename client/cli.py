@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "'postgresql+asyncpg://mdns@/mdns_{domain}?host=/run/postgresql'; "
                              "{domain} is replaced by the domain (the databases must exist); "
                              "default: SQLite files in the data directory")
+    up_cmd.add_argument("--no-rate-limits", action="store_true",
+                        help="turn off the per-address limits on registrations and searches "
+                             "(URS and MSDs; by default 20 registrations/s per address): for "
+                             "a benchmark such as 'mdns bench load' from this host")
     up_cmd.add_argument("--order", metavar="LIST",
                         help="start the MSDs one domain at a time in this order of domain "
                              "numbers (the NN of domainNN-*.mds), e.g. 10,4,5,6,1,2,7,8,9,3, "
@@ -429,6 +433,7 @@ def _up(args: argparse.Namespace) -> int:
         order=order,
         delays=delays,
         time_scale=args.time_scale,
+        rate_limits=not args.no_rate_limits,
     ))
     return 0
 

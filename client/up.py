@@ -28,7 +28,7 @@ from client.errors import ClientError
 from client.register import register_with_urs
 from client.treewatch import watch
 from vdns.errors import VdnsError
-from vdns.harness import Hierarchy
+from vdns.harness import Hierarchy, ServerLimits
 from vdns.mds import load_hierarchy
 from vdns.startorder import Start, numbered, schedule
 
@@ -76,6 +76,7 @@ async def run_up(
     order: Sequence[int] | None = None,
     delays: Sequence[float] | None = None,
     time_scale: float = 1.0,
+    rate_limits: bool = True,
 ) -> None:
     """Start every domain, wait until all answer, register the samples, then run until stopped.
 
@@ -99,7 +100,8 @@ async def run_up(
                           heartbeat_s=heartbeat_s / time_scale,
                           multicast_blocked=multicast_blocked, interface=interface,
                           alpha=alpha, beta=beta, database_url=database_url,
-                          urs_replicas=urs_replicas, key_trust=key_trust)
+                          urs_replicas=urs_replicas, key_trust=key_trust,
+                          limits=None if rate_limits else ServerLimits.unlimited())
     stop = stop or _stop_on_signals()
     try:
         await hierarchy.start(msds_now=not starts)

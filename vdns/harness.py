@@ -92,6 +92,13 @@ class ServerLimits:
     urs_register: RateLimit | None = None  # URS: POST /sessions and PUT /<id>
     urs_list: RateLimit | None = None  # URS: GET /sessions
 
+    @classmethod
+    def unlimited(cls) -> ServerLimits:
+        """No per-address rate limit anywhere (rate 0): for a hierarchy whose one client is
+        a benchmark or an experiment on this host, which the limits would throttle."""
+        off = RateLimit(rate=0, burst=1)
+        return cls(msd_api=ApiLimits(register=off, search=off), urs_register=off, urs_list=off)
+
 
 @dataclasses.dataclass
 class RunningDomain:

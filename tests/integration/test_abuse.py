@@ -245,3 +245,33 @@ async def test_slow_and_greedy_clients_at_the_urs_are_bounded_and_counted(tmp_pa
     finally:
         await runner.cleanup()
         sock.close()
+
+
+async def test_a_hierarchy_without_rate_limits_takes_a_burst_beyond_the_default_limit(
+    tmp_path: Path,
+) -> None:
+    """`mdns up --no-rate-limits` (ServerLimits.unlimited), for benchmarks and experiments
+    from one address: 150 registrations at once, beyond the default burst of 100, all
+    stored and indexed, and searches beyond the search burst all answered."""
+    hierarchy = await _start(tmp_path, "single", limits=ServerLimits.unlimited())
+    try:
+        await _wait(hierarchy, lambda s: _settled(s, expected=1), timeout=30)
+        urs = hierarchy.domains["example.org"].urs_url
+        async with aiohttp.ClientSession() as http:
+
+            async def register(number: int) -> int:
+                session = SESSION | {"id": f"burst{number}", "keywords": ["burst"]}
+                async with http.post(f"{urs}/sessions", json=session) as response:
+                    return response.status
+
+            statuses = await asyncio.gather(*(register(n) for n in range(150)))
+            assert statuses == [201] * 150
+            msd = await _designated(http, urs)
+
+            async def search() -> int:
+                async with http.get(f"{msd}/search", params={"q": "burst"}) as response:
+                    return response.status
+
+            assert await asyncio.gather(*(search() for _ in range(150))) == [200] * 150
+    finally:
+        await hierarchy.close()
