@@ -443,19 +443,22 @@ class Node:
 
     def _join(self, report: CountReport, link: LinkMode, now: float) -> list[Action]:
         """A new child: a piece of our own piece when its subtree is small against ours
-        (nothing else moves), else a fresh division of the whole range."""
+        (nothing else moves), else a fresh division of the whole range. While we are about
+        to join our own parent, only counted: the range its heartbeat brings is divided by
+        the current counts, the newcomer included, so neither we nor it switch twice."""
         child = Child(peer=report.address, count=report.count, used=report.count,
                       heard_at=now, link=link)
         self.division.changed(self._beats)
-        if report.count >= self._threshold * self.division.used_count:
-            self.children[report.sender] = child
-            self._resplit(now)
-        else:
-            self.division.carve(report.sender, child)
-            self._routes_from_division(now)
         if self._joining_soon:
-            return []  # our own range is about to change: the child hears it on the beat
+            self.division.admit(report.sender, child)  # placed on our join, or on the beat
+            return []
+        self._place(report.sender, child, now)
         return [self._heartbeat_to(child, now)]
+
+    def _place(self, name: str, child: Child, now: float) -> None:
+        """The damping rule's carve or division for a newcomer (Division.join)."""
+        if self.division.join(name, child, threshold=self._threshold):
+            self._routes_from_division(now)
 
     @property
     def _joining_soon(self) -> bool:
@@ -510,6 +513,8 @@ class Node:
 
     def _beat(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        for name in self.division.unplaced():  # our parent did not answer within the beat
+            self._place(name, self.children[name], now)
         if self._split_due():
             self._resplit(now)
         if self.parent is not None:
