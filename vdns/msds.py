@@ -35,6 +35,7 @@ class MsdLaunch:
     heartbeat_s: float = 1.0
     alpha: float = 0.1
     beta: float = 0.1
+    refresh_every: int = 10  # heartbeats (HierarchyConfig.refresh_every)
     in_process: bool = False
     multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
     database_url: str | None = None  # the domain's session store, shared by its MSDs
@@ -72,7 +73,8 @@ class _Daemon:
                 msd_key=launch.msd_key_file.read_text().strip(),
                 hierarchy_key=launch.hierarchy_key_file.read_bytes().strip(),
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
-                alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
+                alpha=launch.alpha, beta=launch.beta, refresh_every=launch.refresh_every,
+                multicast=launch.multicast,
                 database_url=launch.database_url,
                 inter_domain_delay=launch.inter_domain_delay,
                 urs_fallbacks=launch.urs_fallbacks))
@@ -91,6 +93,7 @@ class _Daemon:
                 "--priority", str(priority),
                 "--heartbeat", str(launch.heartbeat_s),
                 "--alpha", str(launch.alpha), "--beta", str(launch.beta),
+                "--refresh-every", str(launch.refresh_every),
                 *([] if launch.multicast else ["--no-multicast"]),
                 *(["--database", launch.database_url] if launch.database_url else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
