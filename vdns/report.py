@@ -287,15 +287,17 @@ def _tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
                            [r["route_switches_mean"] for r in cell], s=14, color=colour,
                            label=f"quiet {quiet} hb", alpha=0.8)
             ax.axhline(DISSERTATION_SWITCHES, color="grey", linestyle="--", linewidth=1)
-            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xscale("symlog", linthresh=10)  # 0 s to minutes on one axis
+            ax.set_xlim(0, 2 * max([10.0, *(r["stabilization_s_mean"] for r in rows
+                                             if not math.isnan(r["stabilization_s_mean"]))]))
             ax.set_xlabel("stabilization after the last start (s, nominal)", fontsize=8)
             ax.set_ylabel("route switches per domain", fontsize=8)
             ax.set_title(f"scenario {scenario}, start order {order}", fontsize=9)
             ax.grid(True, alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("route switches against stabilization time (dashed: the dissertation's "
-                 f"about {DISSERTATION_SWITCHES:g})", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle("route switches against stabilization time\n(dashed: the dissertation's "
+                 f"about {DISSERTATION_SWITCHES:g})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=DPI)
 
 
