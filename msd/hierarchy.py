@@ -396,7 +396,8 @@ class Node:
         assigned = KeyRange(mine.start, mine.end)
         if assigned != self.range or self.routes.default != self.parent.domain:
             self.range = assigned
-            self._resplit(now)
+            if not self._listening:  # else divided on the first beat, children and all
+                self._resplit(now)
         return actions
 
     def _on_graft(self, graft: Graft, now: float) -> list[Action]:
@@ -449,7 +450,7 @@ class Node:
         child = Child(peer=report.address, count=report.count, used=report.count,
                       heard_at=now, link=link)
         self.division.changed(self._beats)
-        if self._joining_soon:
+        if self._joining_soon or self._listening:
             self.division.admit(report.sender, child)  # placed on our join, or on the beat
             return []
         self._place(report.sender, child, now)
@@ -459,6 +460,13 @@ class Node:
         """The damping rule's carve or division for a newcomer (Division.join)."""
         if self.division.join(name, child, threshold=self._threshold):
             self._routes_from_division(now)
+
+    @property
+    def _listening(self) -> bool:
+        """Started less than a heartbeat ago: children that waited for us knock once a
+        heartbeat, so by our first beat we have heard them all. Until then our range and
+        the children are only recorded, and the first beat divides once (Node._beat)."""
+        return self._beats == 0
 
     @property
     def _joining_soon(self) -> bool:
@@ -513,6 +521,10 @@ class Node:
 
     def _beat(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        if self._beats == 1:
+            # The first beat: our range (if our parent answered) and the children heard
+            # while listening, in one division, so one table change for us and for them.
+            self._resplit(now)
         for name in self.division.unplaced():  # our parent did not answer within the beat
             self._place(name, self.children[name], now)
         if self._split_due():

@@ -267,3 +267,28 @@ def test_a_child_counted_while_joining_gets_its_piece_on_the_beat_if_the_parent_
     child = net.domains["g.c.r.test"].node
     assert parent.division.unplaced() == [] and child.state is NodeState.JOINED
     assert parent.owned.size + child.owned.size == SPACE
+
+
+def test_a_domain_divides_once_on_its_first_beat_for_every_child_heard_meanwhile() -> None:
+    """Children that waited for their parent knock once a heartbeat, so they reach it at
+    any time within its first heartbeat, some after its own parent answered. It reports at
+    once (its parent counts it), records its range and the children, and divides on its
+    first beat: one table change for it and for each child."""
+    config = HierarchyConfig(heartbeat_s=HB, alpha=10, beta=10, refresh_every=1000)
+    net = VirtualNetwork(config=config, latency_s=0.01)
+    _chain(net, "r.test", None)
+    net.run(until=3 * HB)
+    _chain(net, "a.c.r.test", "c.r.test")
+    net.run(until=6 * HB)
+    _chain(net, "c.r.test", "r.test")
+    net.run(until=net.now + 0.2 * HB)
+    parent = net.domains["c.r.test"].node
+    assert "c.r.test" in net.domains["r.test"].node.children
+    assert parent.state is NodeState.JOINED and parent.route_switches == 0
+    _chain(net, "b.c.r.test", "c.r.test")  # heard after the parent's heartbeat came
+    net.run(until=net.now + 0.5 * HB)
+    assert parent.division.unplaced() == ["a.c.r.test", "b.c.r.test"]
+    net.run(until=net.now + 30 * HB)
+    switches = {name: sim.node.route_switches for name, sim in net.domains.items()}
+    assert switches == {"r.test": 1, "c.r.test": 1, "a.c.r.test": 1, "b.c.r.test": 1}
+    _assert_whole(net)
