@@ -315,6 +315,10 @@ def _stability_parser(experiments: argparse._SubParsersAction[argparse.ArgumentP
     stability.add_argument("--beta", metavar="LIST",
                            help="beta values (default 0.1,0.3,...,1.9); cells with "
                                 "alpha > beta are skipped")
+    stability.add_argument("--refresh-every", metavar="LIST",
+                           help="quiet periods in heartbeats, e.g. 10,100,610 (default "
+                                f"{','.join(str(q) for q in defaults.refresh_every)}): counts "
+                                "unchanged this long → an uneven split is divided anyway")
     stability.add_argument("--runs", type=int, default=defaults.runs,
                            help=f"runs per cell (default {defaults.runs})")
     stability.add_argument("--time-scale", type=float, default=defaults.time_scale,
@@ -341,6 +345,23 @@ def _tree_options(parser: argparse.ArgumentParser) -> None:
                         help="relative count change that re-splits below the root (default 0.1)")
     parser.add_argument("--beta", type=float, default=0.1,
                         help="relative count change that re-splits at the root (default 0.1)")
+    parser.add_argument("--refresh-every", type=_quiet_period, default=10, metavar="HEARTBEATS",
+                        help="the quiet period: counts unchanged this many heartbeats → an "
+                             "uneven split is divided anyway (twice that below the root; "
+                             "default 10; docs/hierarchy.md, Damping)")
+
+
+def _quiet_period(text: str) -> int:
+    """--refresh-every: whole heartbeats, 1..MAX_REFRESH_EVERY."""
+    from vdns.stability import MAX_REFRESH_EVERY
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole heartbeats") from None
+    if not 1 <= value <= MAX_REFRESH_EVERY:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1..{MAX_REFRESH_EVERY} heartbeats")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +447,7 @@ def _up(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         alpha=args.alpha,
         beta=args.beta,
+        refresh_every=args.refresh_every,
         database_url=args.database,
         urs_replicas=args.urs_replicas,
         key_trust=args.key_trust,
@@ -516,6 +538,14 @@ def _floats(text: str | None, *, what: str) -> tuple[float, ...] | None:
     return values
 
 
+def _whole(text: str | None, *, what: str) -> tuple[int, ...] | None:
+    """A comma-separated list of whole numbers (None when not given)."""
+    values = _floats(text, what=what)
+    if values is not None and any(not v.is_integer() for v in values):
+        raise ClientError(f"{what} takes whole numbers")
+    return None if values is None else tuple(int(v) for v in values)
+
+
 def _stability(args: argparse.Namespace, *, out: TextIO) -> int:
     from vdns.stability import GRID, StabilitySettings, sweep
 
@@ -528,7 +558,9 @@ def _stability(args: argparse.Namespace, *, out: TextIO) -> int:
     settings = StabilitySettings(
         scenarios=tuple(int(v) for v in scenarios), orders=tuple(int(v) for v in orders),
         alphas=_floats(args.alpha, what="--alpha") or GRID,
-        betas=_floats(args.beta, what="--beta") or GRID, runs=args.runs,
+        betas=_floats(args.beta, what="--beta") or GRID,
+        refresh_every=_whole(args.refresh_every, what="--refresh-every")
+        or StabilitySettings().refresh_every, runs=args.runs,
         time_scale=args.time_scale, heartbeat_s=args.heartbeat, seed=args.seed,
         engine=args.engine, configs_dir=CONFIGS_DIR)
     result = sweep(settings, progress=lambda text: print(f"stability: {text}", file=sys.stderr,
@@ -542,26 +574,40 @@ def _stability(args: argparse.Namespace, *, out: TextIO) -> int:
         print(json.dumps(result["runs"], indent=2), file=out)
     else:
         print(format_stability(result), file=out)
+    failed = sum(not run["skew_ok"] for run in result["runs"])
+    if failed:
+        print(f"stability: {failed} of {len(result['runs'])} runs failed the skew check (a "
+              "domain not joined, or a share more than 1e-6 from 1/N)", file=sys.stderr)
+        return 1
     return 0
 
 
 def format_stability(result: dict[str, Any]) -> str:
-    """One line per cell (means over its runs), then the best cell of each scenario/order."""
+    """One line per cell (means over its runs), then the best cell of each scenario/order
+    and every run that failed the skew check."""
     from vdns.report import best_cells, cells
 
     rows = cells(result)
-    lines = [f"{'scen':>4} {'order':>5} {'alpha':>5} {'beta':>5} {'runs':>4} "
-             f"{'switches':>9} {'max':>4} {'stab s':>7} {'skew max':>9} {'B/s':>6} {'score':>6}"]
+    lines = [f"{'scen':>4} {'order':>5} {'alpha':>5} {'beta':>5} {'quiet':>5} {'runs':>4} "
+             f"{'switches':>9} {'max':>4} {'stab s':>7} {'skew max':>9} {'skew ok':>7} "
+             f"{'B/s':>6} {'score':>6}"]
     for r in rows:
+        ok = f"{r['runs'] - r['skew_check_failed']}/{r['runs']}"
         lines.append(f"{r['scenario']:>4} {r['order']:>5} {r['alpha']:>5g} {r['beta']:>5g} "
-                     f"{r['runs']:>4} {r['route_switches_mean']:>9.2f} "
+                     f"{r['refresh_every']:>5} {r['runs']:>4} {r['route_switches_mean']:>9.2f} "
                      f"{r['route_switches_max']:>4} {r['stabilization_s_mean']:>7.1f} "
-                     f"{r['skew_max']:>9.1e} {r['control_bytes_per_s_mean']:>6.0f} "
+                     f"{r['skew_max']:>9.1e} {ok:>7} {r['control_bytes_per_s_mean']:>6.0f} "
                      f"{r['score_mean']:>6.3f}")
     lines.append("")
     lines.append("best (lowest score) per scenario and order: " + "; ".join(
         f"{r['scenario']}/{r['order']}: α={r['alpha']:g} β={r['beta']:g} "
-        f"({r['route_switches_mean']:.2f} switches)" for r in best_cells(rows)))
+        f"quiet={r['refresh_every']} ({r['route_switches_mean']:.2f} switches)"
+        for r in best_cells(rows)))
+    failed = [r for r in result["runs"] if not r["skew_ok"]]
+    for r in failed:
+        lines.append(f"SKEW CHECK FAILED: scenario {r['scenario']} order {r['order']} "
+                     f"α={r['alpha']:g} β={r['beta']:g} quiet={r['refresh_every']} run "
+                     f"{r['run']}: {'; '.join(r['skew_faults'])}")
     return "\n".join(lines)
 
 
@@ -574,7 +620,8 @@ def _scale(args: argparse.Namespace, *, out: TextIO) -> int:
     settings = ScaleSettings(domains=args.domains, fanout=args.fanout, depth=args.depth,
                              seed=args.seed, heartbeat_s=args.heartbeat, latency_ms=args.latency,
                              window=args.window, lookups=args.lookups,
-                             max_virtual_s=args.max_virtual, alpha=args.alpha, beta=args.beta)
+                             max_virtual_s=args.max_virtual, alpha=args.alpha, beta=args.beta,
+                             refresh_every=args.refresh_every)
     result = scale(settings, progress=lambda text: print(f"scale: {text}", file=sys.stderr,
                                                          flush=True))
     print(json.dumps(result, indent=2) if args.json else format_report(result), file=out)
@@ -613,7 +660,8 @@ def _msd(args: argparse.Namespace) -> int:
         tofu=not args.no_tofu, api_limits=api_limits, http_limits=http_limits,
         interface=args.interface, port=args.port, priority=args.priority,
         heartbeat_s=args.heartbeat, alpha=args.alpha, beta=args.beta,
-        multicast=not args.no_multicast, database_url=database_url(args)))
+        refresh_every=args.refresh_every, multicast=not args.no_multicast,
+        database_url=database_url(args)))
     return 0
 
 

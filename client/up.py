@@ -69,6 +69,7 @@ async def run_up(
     heartbeat_s: float = 1.0,
     alpha: float = 0.1,
     beta: float = 0.1,
+    refresh_every: int = 10,
     database_url: str | None = None,
     urs_replicas: int = 1,
     key_trust: str = "tofu",
@@ -99,7 +100,8 @@ async def run_up(
                           ephemeral_ports=ephemeral_ports, msds=msds,
                           heartbeat_s=heartbeat_s / time_scale,
                           multicast_blocked=multicast_blocked, interface=interface,
-                          alpha=alpha, beta=beta, database_url=database_url,
+                          alpha=alpha, beta=beta, refresh_every=refresh_every,
+                          database_url=database_url,
                           urs_replicas=urs_replicas, key_trust=key_trust,
                           limits=None if rate_limits else ServerLimits.unlimited())
     stop = stop or _stop_on_signals()

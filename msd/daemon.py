@@ -88,6 +88,7 @@ class MsdSettings:
     heartbeat_s: float = 1.0
     alpha: float = 0.1
     beta: float = 0.1
+    refresh_every: int = 10  # the damping rule's quiet period, in heartbeats
     urs_timeout_s: float = 2.0
     # More replicas of the domain's URS (same database): used in turn when one is unreachable.
     urs_fallbacks: tuple[str, ...] = ()
@@ -429,6 +430,7 @@ class MsdDaemon:
             await self.transport.join(self._channels["pmcast"])
         config = HierarchyConfig(heartbeat_s=self.settings.heartbeat_s,
                                  alpha=self.settings.alpha, beta=self.settings.beta,
+                                 refresh_every=self.settings.refresh_every,
                                  multicast=self.multicast)
         now = time.monotonic()
         self.node = Node(address=self.address,

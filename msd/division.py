@@ -88,14 +88,22 @@ class Division:
     def due(self, *, beat: int, threshold: float, depth: int, quiet: int) -> bool:
         """Is a stale split to be divided again at this beat? When some count moved by
         `threshold` (θ: β at a root, α below) of what the split used, or when the counts
-        have been quiet for `quiet` beats.
+        have been quiet for `quiet` beats (twice that below the root).
 
         At depth d > 0 both wait 2d + 1 beats longer: a count that changed below reached
         us d beats before it reaches the root, and an ancestor at depth a < d acts
         2a + 1 beats after it saw the change, so before us. An ancestor that divides
         again for the same change therefore comes first, its new range for us arrives
         within network delays, and we divide once, by the current counts, instead of
-        twice (docs/hierarchy.md, "Damping")."""
+        twice (docs/hierarchy.md, "Damping").
+
+        The quiet period below the root is 2·quiet: the root hears every count change of
+        the tree, so its own quiet period starts no earlier than ours (d beats later) but
+        may start much later, when a join elsewhere restarted it. Either the root was
+        quiet for `quiet` beats after our last change and divided, which divides us too,
+        or a change restarted it within that time and it divides within 2·quiet of our
+        change. Only a stale split the root does not see (counts that moved within our
+        subtree and cancelled out above us) waits the longer period."""
         if not self.stale:
             self.stale_since = None
             return False
@@ -104,7 +112,7 @@ class Division:
         wait = 2 * depth + 1 if depth else 0
         if self.drift() >= threshold and beat - self.stale_since >= wait:
             return True
-        return beat - self.changed_at >= quiet + wait
+        return beat - self.changed_at >= (2 * quiet if depth else quiet) + wait
 
     def divide(self) -> bool:
         """Split the range by the children's current counts (ours: one); True if a piece
@@ -119,6 +127,27 @@ class Division:
         self.fair = True
         self.stale_since = None
         return self._set(pieces[0], dict(zip(names, pieces[1:], strict=True)))
+
+    def join(self, name: str, child: Child, *, threshold: float) -> bool:
+        """Place a newcomer (or a child admitted without a piece): a fresh division of the
+        whole range when its subtree count is at least `threshold` (θ) times the count the
+        split used without it, else a carve. True if a piece moved."""
+        self.children.pop(name, None)
+        if child.count >= threshold * self.used_count:
+            self.children[name] = child
+            return self.divide()
+        return self.carve(name, child)
+
+    def admit(self, name: str, child: Child) -> None:
+        """Count a newcomer without giving it a piece yet: our own range is about to change,
+        and the division that follows places it (`join` places it sooner if need be)."""
+        child.used = child.count
+        self.children[name] = child
+        self.fair = False
+
+    def unplaced(self) -> list[str]:
+        """Children admitted without a piece, in name order."""
+        return sorted(name for name in self.children if name not in self.pieces)
 
     def carve(self, name: str, child: Child) -> bool:
         """Add a newcomer with a piece of our own piece only, in proportion to its count

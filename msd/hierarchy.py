@@ -396,7 +396,8 @@ class Node:
         assigned = KeyRange(mine.start, mine.end)
         if assigned != self.range or self.routes.default != self.parent.domain:
             self.range = assigned
-            self._resplit(now)
+            if not self._listening:  # else divided on the first beat, children and all
+                self._resplit(now)
         return actions
 
     def _on_graft(self, graft: Graft, now: float) -> list[Action]:
@@ -449,19 +450,29 @@ class Node:
 
     def _join(self, report: CountReport, link: LinkMode, now: float) -> list[Action]:
         """A new child: a piece of our own piece when its subtree is small against ours
-        (nothing else moves), else a fresh division of the whole range."""
+        (nothing else moves), else a fresh division of the whole range. While we are about
+        to join our own parent, only counted: the range its heartbeat brings is divided by
+        the current counts, the newcomer included, so neither we nor it switch twice."""
         child = Child(peer=report.address, count=report.count, used=report.count,
                       heard_at=now, link=link)
         self.division.changed(self._beats)
-        if report.count >= self._threshold * self.division.used_count:
-            self.children[report.sender] = child
-            self._resplit(now)
-        else:
-            self.division.carve(report.sender, child)
-            self._routes_from_division(now)
-        if self._joining_soon:
-            return []  # our own range is about to change: the child hears it on the beat
+        if self._joining_soon or self._listening:
+            self.division.admit(report.sender, child)  # placed on our join, or on the beat
+            return []
+        self._place(report.sender, child, now)
         return [self._heartbeat_to(child, now)]
+
+    def _place(self, name: str, child: Child, now: float) -> None:
+        """The damping rule's carve or division for a newcomer (Division.join)."""
+        if self.division.join(name, child, threshold=self._threshold):
+            self._routes_from_division(now)
+
+    @property
+    def _listening(self) -> bool:
+        """Started less than a heartbeat ago: children that waited for us knock once a
+        heartbeat, so by our first beat we have heard them all. Until then our range and
+        the children are only recorded, and the first beat divides once (Node._beat)."""
+        return self._beats == 0
 
     @property
     def _joining_soon(self) -> bool:
@@ -518,6 +529,12 @@ class Node:
 
     def _beat(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        if self._beats == 1:
+            # The first beat: our range (if our parent answered) and the children heard
+            # while listening, in one division, so one table change for us and for them.
+            self._resplit(now)
+        for name in self.division.unplaced():  # our parent did not answer within the beat
+            self._place(name, self.children[name], now)
         if self._split_due():
             self._resplit(now)
         if self.parent is not None:

@@ -134,6 +134,7 @@ class Hierarchy:
         heartbeat_s: float = 1.0,
         alpha: float = 0.1,
         beta: float = 0.1,
+        refresh_every: int = 10,
         multicast_blocked: Sequence[str] = (),
         interface: str = "127.0.0.1",
         inter_domain_delay: Delay | None = None,
@@ -169,6 +170,7 @@ class Hierarchy:
         self.msd_in_process = msd_in_process
         self.heartbeat_s = heartbeat_s
         self.alpha, self.beta = alpha, beta
+        self.refresh_every = refresh_every
         self.interface = interface
         if inter_domain_delay is not None and not msd_in_process:
             raise VdnsError("injected delays need in-process MSDs (msd_in_process=True)")
@@ -248,6 +250,7 @@ class Hierarchy:
             hierarchy_key_file=hierarchy_key, log_dir=domain_dir,
             domain_key_file=domain_dir / DOMAIN_KEY_FILE, pinned_keys_file=pinned,
             heartbeat_s=self.heartbeat_s, alpha=self.alpha, beta=self.beta,
+            refresh_every=self.refresh_every,
             in_process=self.msd_in_process, interface=self.interface,
             multicast=running.config.domain not in self.multicast_blocked,
             database_url=(self.domain_database(running.config.domain)

@@ -40,6 +40,7 @@ class MsdLaunch:
     heartbeat_s: float = 1.0
     alpha: float = 0.1
     beta: float = 0.1
+    refresh_every: int = 10  # heartbeats (HierarchyConfig.refresh_every)
     in_process: bool = False
     multicast: bool = True  # False: the daemons behave as on a host whose multicast is blocked
     database_url: str | None = None  # the domain's session store, shared by its MSDs
@@ -87,7 +88,8 @@ class _Daemon:
                 pinned_keys=read_key_file(pinned) if pinned else {},
                 tofu=pinned is None, known_keys_file=self.known_keys_file,
                 interface=launch.interface, priority=priority, heartbeat_s=launch.heartbeat_s,
-                alpha=launch.alpha, beta=launch.beta, multicast=launch.multicast,
+                alpha=launch.alpha, beta=launch.beta, refresh_every=launch.refresh_every,
+                multicast=launch.multicast,
                 database_url=launch.database_url,
                 inter_domain_delay=launch.inter_domain_delay,
                 urs_fallbacks=launch.urs_fallbacks,
@@ -112,6 +114,7 @@ class _Daemon:
                 "--priority", str(priority),
                 "--heartbeat", str(launch.heartbeat_s),
                 "--alpha", str(launch.alpha), "--beta", str(launch.beta),
+                "--refresh-every", str(launch.refresh_every),
                 *([] if launch.multicast else ["--no-multicast"]),
                 *(["--database", launch.database_url] if launch.database_url else []),
                 *_limit_options(launch),

@@ -88,6 +88,7 @@ class ScaleSettings:
     max_virtual_s: float = 300.0  # give up converging after this much virtual time
     alpha: float = 0.1
     beta: float = 0.1
+    refresh_every: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,7 @@ def scale(
     say(f"a random tree of {len(tree):,} domains: height {tree.height}, "
         f"mean depth {tree.mean_depth:.2f}")
     config = HierarchyConfig(heartbeat_s=settings.heartbeat_s, alpha=settings.alpha,
-                             beta=settings.beta)
+                             beta=settings.beta, refresh_every=settings.refresh_every)
     net = VirtualNetwork(config=config, latency_s=settings.latency_ms / 1000,
                          seed=settings.seed, wire_key=WIRE_KEY)
     for index, name in enumerate(tree.names):

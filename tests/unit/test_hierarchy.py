@@ -12,6 +12,7 @@ import pytest
 
 from msd.hierarchy import HierarchyConfig, LinkMode, NodeState
 from msd.keyspace import SPACE
+from msd.messages import Peer
 from vdns.mds import DomainConfig, load_hierarchy, load_mds
 from vdns.netsim import VirtualNetwork
 
@@ -262,3 +263,72 @@ def test_an_orphan_adopted_by_its_own_parent_is_home_not_fostered() -> None:
                           orphan=Peer(domain="y.w.p.edu", host="10.0.0.3", port=3)),
                    0.0, multicast=False)
     assert parent.children["y.w.p.edu"].foster is True  # a grandchild is fostered
+
+
+def _chain(net: VirtualNetwork, name: str, parent: str | None) -> None:
+    net.add(name, parent=parent, cmcast=f"239.0.0.{name.count('.')}",
+            pmcast=None if parent is None else f"239.0.0.{parent.count('.')}")
+
+
+def test_a_node_about_to_join_places_a_waiting_child_once_its_own_range_arrives() -> None:
+    """The grandchild started first and knocks as soon as its parent starts: its report
+    arrives one latency before the grandparent's heartbeat. The parent counts it and places
+    it in the range that heartbeat brings: one table change each, not two for the parent.
+    (Thresholds and quiet period too large to divide again within the test.)"""
+    config = HierarchyConfig(heartbeat_s=HB, alpha=10, beta=10, refresh_every=1000)
+    net = VirtualNetwork(config=config, latency_s=0.01)
+    _chain(net, "r.test", None)
+    net.run(until=3 * HB)
+    _chain(net, "g.c.r.test", "c.r.test")
+    net.run(until=6 * HB)
+    _chain(net, "c.r.test", "r.test")
+    net.run(until=net.now + 30 * HB)
+    nodes = {name: sim.node for name, sim in net.domains.items()}
+    assert all(n.state in (NodeState.ROOT, NodeState.JOINED) for n in nodes.values())
+    assert nodes["c.r.test"].route_switches == 1
+    assert nodes["g.c.r.test"].route_switches == 1
+    assert nodes["r.test"].route_switches == 1
+    _assert_whole(net)
+
+
+def test_a_child_counted_while_joining_gets_its_piece_on_the_beat_if_the_parent_is_silent(
+) -> None:
+    """A parent address known (from the URS) but nobody answering there: the newcomer is
+    placed on the next beat, as it would have been without the wait."""
+    net = VirtualNetwork(config=HierarchyConfig(heartbeat_s=HB), latency_s=0.01)
+    _chain(net, "g.c.r.test", "c.r.test")
+    _chain(net, "c.r.test", "r.test")
+    parent = net.domains["c.r.test"].node
+    parent.set_parent_address(Peer(domain="r.test", host="127.0.0.1", port=9), net.now)
+    net.deliver(until=net.now + 0.05 * HB)
+    assert parent.division.unplaced() == ["g.c.r.test"] and parent.count == 2
+    assert parent.route_switches == 0
+    net.run(until=net.now + 1.5 * HB)
+    child = net.domains["g.c.r.test"].node
+    assert parent.division.unplaced() == [] and child.state is NodeState.JOINED
+    assert parent.owned.size + child.owned.size == SPACE
+
+
+def test_a_domain_divides_once_on_its_first_beat_for_every_child_heard_meanwhile() -> None:
+    """Children that waited for their parent knock once a heartbeat, so they reach it at
+    any time within its first heartbeat, some after its own parent answered. It reports at
+    once (its parent counts it), records its range and the children, and divides on its
+    first beat: one table change for it and for each child."""
+    config = HierarchyConfig(heartbeat_s=HB, alpha=10, beta=10, refresh_every=1000)
+    net = VirtualNetwork(config=config, latency_s=0.01)
+    _chain(net, "r.test", None)
+    net.run(until=3 * HB)
+    _chain(net, "a.c.r.test", "c.r.test")
+    net.run(until=6 * HB)
+    _chain(net, "c.r.test", "r.test")
+    net.run(until=net.now + 0.2 * HB)
+    parent = net.domains["c.r.test"].node
+    assert "c.r.test" in net.domains["r.test"].node.children
+    assert parent.state is NodeState.JOINED and parent.route_switches == 0
+    _chain(net, "b.c.r.test", "c.r.test")  # heard after the parent's heartbeat came
+    net.run(until=net.now + 0.5 * HB)
+    assert parent.division.unplaced() == ["a.c.r.test", "b.c.r.test"]
+    net.run(until=net.now + 30 * HB)
+    switches = {name: sim.node.route_switches for name, sim in net.domains.items()}
+    assert switches == {"r.test": 1, "c.r.test": 1, "a.c.r.test": 1, "b.c.r.test": 1}
+    _assert_whole(net)
